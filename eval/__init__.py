@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .grounding_metrics import (
+from .grounding import (
     box_cxcywh_to_xyxy,
     grounding_ious,
     grounding_metrics,
     paired_box_iou,
 )
-from .retrieval_metrics import (
+from .retrieval import (
     metrics_from_ranks,
     retrieval_metrics,
     retrieval_ranks,

@@ -8,7 +8,7 @@ installed `instap_eval` package by absolute name (relative imports would not res
 import datasets
 import evaluate
 import numpy as np
-from instap_eval.grounding_metrics import grounding_metrics
+from instap_eval.grounding import grounding_metrics
 
 _CITATION = """\
 @article{instap2026,
