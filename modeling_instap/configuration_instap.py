@@ -21,7 +21,6 @@ from transformers.configuration_utils import PreTrainedConfig, SubConfigSpec
 from transformers.models.clip.configuration_clip import CLIPVisionConfig
 from transformers.utils import logging
 
-
 logger = logging.get_logger(__name__)
 
 
@@ -243,7 +242,7 @@ class InstAPConfig(PreTrainedConfig):
         eval_frame_pooling (`str`, defaults to `"frames"`): at evaluation (no mask), pool each frame and average the
             frame similarities (UMT), or pool all tokens at once (`"video"`).
         grounding_hidden_size (`int`, *optional*): width of the 3-layer box MLP (text width by default).
-        initializer_factor (`float`, defaults to 1.0): scale of the projection inits.
+        tie_word_embeddings (`bool`, defaults to `True`): tie the MLM decoder to the word embeddings (BERT).
     """
 
     model_type = "instap"
@@ -290,7 +289,7 @@ class InstAPConfig(PreTrainedConfig):
     attention_pool_num_heads: int | None = None
     eval_frame_pooling: Literal["frames", "video"] = "frames"
     grounding_hidden_size: int | None = None
-    initializer_factor: float = 1.0
+    tie_word_embeddings: bool = True
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)

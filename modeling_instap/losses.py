@@ -28,6 +28,7 @@ from torch import Tensor
 __all__ = [
     "all_gather_with_grad",
     "gather_without_grad",
+    "all_gather_variable",
     "process_offset",
     "contrastive_loss",
     "sample_hard_negatives",
@@ -129,6 +130,28 @@ def gather_without_grad(tensor: Tensor) -> Tensor:
         out = [torch.empty_like(tensor) for _ in range(world)]
         dist.all_gather(out, tensor)
         return torch.cat(out, dim=0)
+
+
+def all_gather_variable(tensor: Tensor, with_grad: bool = True) -> Tensor:
+    """Like ``all_gather_with_grad`` (or ``gather_without_grad``) for local sizes that differ across ranks.
+
+    The instance count of a step differs from rank to rank, so the rows are padded to the longest rank,
+    gathered, and the padding rows dropped: ``(n_r, *rest)`` on rank ``r`` -> ``(sum_r n_r, *rest)`` in
+    rank order. Identity (detached when ``with_grad=False``) in one process.
+    """
+    if not _is_distributed():
+        return tensor if with_grad else tensor.detach()
+    world = dist.get_world_size()
+    size = torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    counts = [int(s.item()) for s in sizes]
+    longest = max(counts)
+    padding = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
+    padded = torch.cat([tensor, padding], dim=0)
+    gathered = all_gather_with_grad(padded) if with_grad else gather_without_grad(padded)
+    rows = torch.cat([torch.arange(r * longest, r * longest + n) for r, n in enumerate(counts)])
+    return gathered[rows.to(tensor.device)]
 
 
 def process_offset(local_batch: int) -> int:

@@ -1,0 +1,1467 @@
+"""PyTorch InstAP: instance-aware video-language pre-training on a UMT backbone.
+
+Layout, top to bottom (as in `modeling_clip.py`): output dataclasses; the video encoder (tubelet embedding with a
+fixed sinusoid table, pre-norm blocks with q/v bias and drop-path); the BERT text encoder whose upper layers add
+bidirectional cross-attention (the fusion encoder); the instance attention pool; the frozen-teacher distillation
+module; `InstAPPreTrainedModel`; the towers; `InstAPModel`; the task heads `InstAPForPreTraining` (stage 2),
+`InstAPForMaskedVideoModeling` (stage 1) and `InstAPForGrounding`.
+
+Tensor layout: videos are `(batch, frames, channels, height, width)`; video tokens are flattened in (t, h, w) order;
+token masks are boolean with `True` = hidden (as `bool_masked_pos` in VideoMAE).
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
+from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings, CLIPVisionModelWithProjection
+from transformers.utils import ModelOutput, logging
+
+from .configuration_instap import InstAPConfig, InstAPTextConfig, InstAPVisionConfig
+from .losses import (
+    all_gather_variable,
+    all_gather_with_grad,
+    box_regression_loss,
+    contrastive_loss,
+    gather_without_grad,
+    mask_tokens_for_mlm,
+    matching_loss,
+    mlm_loss,
+    reconstruction_loss,
+    sample_hard_negatives,
+)
+from .masking import (
+    gather_visible,
+    mean_attention_mask,
+    random_token_mask,
+    teacher_attention_mask,
+)
+
+logger = logging.get_logger(__name__)
+
+# Remote-code entry points written into every saved `config.json` (files copied by `save_pretrained`).
+INSTAP_AUTO_MAP = {
+    "AutoConfig": "configuration_instap.InstAPConfig",
+    "AutoModel": "modeling_instap.InstAPModel",
+    "AutoModelForPreTraining": "modeling_instap.InstAPForPreTraining",
+}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Outputs
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class InstAPOutput(ModelOutput):
+    """Output of [`InstAPModel`]: dual-encoder similarity logits, CLIP style.
+
+    Args:
+        loss: the global video-text contrastive loss, when `return_loss=True`.
+        logits_per_video: `(num_videos, num_texts)` cosine similarities divided by the temperature.
+        logits_per_text: the transpose.
+        video_embeds, text_embeds: L2-normalised projected embeddings.
+        vision_model_output, text_model_output: the towers' outputs.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits_per_video: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    video_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    vision_model_output: BaseModelOutputWithPooling | None = None
+    text_model_output: BaseModelOutputWithPooling | None = None
+
+    def to_tuple(self) -> tuple:
+        return tuple(v.to_tuple() if isinstance(v, ModelOutput) else v for v in self.values())
+
+
+@dataclass
+class InstAPInstanceOutput(ModelOutput):
+    """Output of [`InstAPModel.encode_instances`] (METHOD Eq. 5–7).
+
+    Args:
+        crop_hidden_states: `(num_instances, crop_tokens, vision_width)` crop tokens C from the video encoder.
+        crop_pooled: `(num_instances, vision_width)` raw pooled crop embedding c = mean(C) (instance VTM context).
+        pooled_hidden_states: `(num_instances, crop_tokens, vision_width)` Z = XAttn(C, V_scene).
+        instance_embeds: `(num_instances, projection_dim)` normalised W_v · mean(Z).
+    """
+
+    crop_hidden_states: torch.FloatTensor | None = None
+    crop_pooled: torch.FloatTensor | None = None
+    pooled_hidden_states: torch.FloatTensor | None = None
+    instance_embeds: torch.FloatTensor | None = None
+
+
+@dataclass
+class InstAPForPreTrainingOutput(ModelOutput):
+    """Output of [`InstAPForPreTraining`]: the total loss of METHOD Eq. 11–13 and each term.
+
+    A term whose inputs were absent from the batch (no instances, no teacher) is `None`, never a fake 0.
+
+    Args:
+        loss: λ_rec·L_rec + L_global + L_inst.
+        loss_rec, loss_vtc, loss_vtm, loss_mlm, loss_inst_vtc, loss_inst_vtm, loss_inst_mlm: unweighted terms.
+        temperature, instance_temperature: the clamped τ and τ_inst used in this step.
+        logits_per_video, logits_per_text: local in-batch similarity logits of the global branch.
+        video_embeds, text_embeds: local normalised embeddings.
+        bool_masked_pos: the token mask of the scene videos (`True` = hidden).
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_rec: torch.FloatTensor | None = None
+    loss_vtc: torch.FloatTensor | None = None
+    loss_vtm: torch.FloatTensor | None = None
+    loss_mlm: torch.FloatTensor | None = None
+    loss_inst_vtc: torch.FloatTensor | None = None
+    loss_inst_vtm: torch.FloatTensor | None = None
+    loss_inst_mlm: torch.FloatTensor | None = None
+    temperature: torch.FloatTensor | None = None
+    instance_temperature: torch.FloatTensor | None = None
+    logits_per_video: torch.FloatTensor | None = None
+    logits_per_text: torch.FloatTensor | None = None
+    video_embeds: torch.FloatTensor | None = None
+    text_embeds: torch.FloatTensor | None = None
+    bool_masked_pos: torch.BoolTensor | None = None
+
+
+@dataclass
+class InstAPForMaskedVideoModelingOutput(ModelOutput):
+    """Output of [`InstAPForMaskedVideoModeling`] (stage 1, METHOD Eq. 1).
+
+    Args:
+        loss: the reconstruction loss L_rec (mean of 2 − 2·cos over the K aligned layers and the visible tokens).
+        student_features: `(K, batch, visible_tokens, teacher_dim)` outputs of the student heads.
+        teacher_features: `(K, batch, visible_tokens, teacher_dim)` teacher targets at the visible positions.
+        bool_masked_pos: `(batch, tokens)` the attention-guided mask (`True` = hidden).
+    """
+
+    loss: torch.FloatTensor | None = None
+    student_features: torch.FloatTensor | None = None
+    teacher_features: torch.FloatTensor | None = None
+    bool_masked_pos: torch.BoolTensor | None = None
+
+
+@dataclass
+class InstAPForGroundingOutput(ModelOutput):
+    """Output of [`InstAPForGrounding`].
+
+    Args:
+        loss: L1 + GIoU loss, when boxes are given.
+        loss_l1, loss_giou: the two terms.
+        pred_boxes: `(batch, frames, 4)` normalised (cx, cy, w, h) boxes, one per frame (images: one frame).
+    """
+
+    loss: torch.FloatTensor | None = None
+    loss_l1: torch.FloatTensor | None = None
+    loss_giou: torch.FloatTensor | None = None
+    pred_boxes: torch.FloatTensor | None = None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Shared pieces
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def sinusoid_position_table(num_positions: int, dim: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """The fixed 1-D sinusoid table of UMT/VideoMAE: `(num_positions, dim)`, sin on even and cos on odd channels.
+
+    It has no weights, so it is rebuilt for any number of frames and any resolution.
+    """
+    position = torch.arange(num_positions, device=device, dtype=torch.float64).unsqueeze(1)
+    channel = torch.arange(dim, device=device, dtype=torch.float64)
+    angle = position / torch.pow(10000.0, 2 * torch.div(channel, 2, rounding_mode="floor") / dim)
+    table = torch.where(channel.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
+    return table.to(dtype)
+
+
+def drop_path(hidden_states: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop the residual branch of whole samples with probability `drop_prob`."""
+    if drop_prob == 0.0 or not training:
+        return hidden_states
+    keep_prob = 1.0 - drop_prob
+    shape = (hidden_states.shape[0],) + (1,) * (hidden_states.ndim - 1)
+    keep = hidden_states.new_empty(shape).bernoulli_(keep_prob)
+    return hidden_states * keep / keep_prob
+
+
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference attention; returns `(output (B, L, H, D), weights (B, H, Lq, Lk))`. Used when weights are needed."""
+    attn_weights = torch.matmul(query, key.transpose(-1, -2)) * scaling
+    if attention_mask is not None:
+        attn_weights = attn_weights + attention_mask
+    attn_weights = F.softmax(attn_weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    attn_weights = F.dropout(attn_weights, p=dropout, training=module.training)
+    attn_output = torch.matmul(attn_weights, value).transpose(1, 2).contiguous()
+    return attn_output, attn_weights
+
+
+def _attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float,
+    output_attentions: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Dispatch to the configured attention kernel (SDPA by default); eager when the weights are asked for."""
+    implementation = module.config._attn_implementation
+    if output_attentions or implementation in (None, "eager"):
+        interface: Callable = eager_attention_forward
+    else:
+        interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
+    return interface(module, query, key, value, attention_mask, scaling=module.scaling, dropout=dropout)
+
+
+def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
+    """(batch, keys) 1/0 padding mask -> (batch, 1, 1, keys) additive mask for every attention kernel."""
+    if mask is None:
+        return None
+    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Video encoder
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class InstAPVisionEmbeddings(nn.Module):
+    """Tubelet embedding (a Conv3d) plus the fixed sinusoid table over the flattened (t, h, w) token index."""
+
+    def __init__(self, config: InstAPVisionConfig):
+        super().__init__()
+        self.config = config
+        kernel = (config.tubelet_size, config.patch_size, config.patch_size)
+        self.patch_embedding = nn.Conv3d(config.num_channels, config.hidden_size, kernel_size=kernel, stride=kernel)
+
+    def token_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
+        """(t, h, w) size of the token grid for a clip."""
+        return (
+            num_frames // self.config.tubelet_size,
+            height // self.config.patch_size,
+            width // self.config.patch_size,
+        )
+
+    def position_embeddings(self, num_tokens: int, device, dtype) -> torch.Tensor:
+        return sinusoid_position_table(num_tokens, self.config.hidden_size, device=device, dtype=dtype)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        batch_size, num_frames, _, height, width = pixel_values.shape
+        if num_frames % self.config.tubelet_size or height % self.config.patch_size or width % self.config.patch_size:
+            raise ValueError(
+                f"pixel_values of {num_frames} frames at {height}x{width} do not tile into tubelets of "
+                f"{self.config.tubelet_size}x{self.config.patch_size}x{self.config.patch_size}."
+            )
+        target_dtype = self.patch_embedding.weight.dtype
+        embeddings = self.patch_embedding(pixel_values.transpose(1, 2).to(target_dtype))  # (B, D, t, h, w)
+        embeddings = embeddings.flatten(2).transpose(1, 2)
+        return embeddings + self.position_embeddings(embeddings.shape[1], embeddings.device, embeddings.dtype)
+
+
+class InstAPVisionAttention(nn.Module):
+    """Multi-head self-attention with a learnt bias on queries and values but none on keys (BEiT/UMT)."""
+
+    def __init__(self, config: InstAPVisionConfig):
+        super().__init__()
+        self.config = config
+        self.embed_dim = config.hidden_size
+        self.num_heads = config.num_attention_heads
+        self.head_dim = self.embed_dim // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.dropout = config.attention_dropout
+        self.is_causal = False
+        self.q_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=config.qkv_bias)
+        self.k_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=False)
+        self.v_proj = nn.Linear(self.embed_dim, self.embed_dim, bias=config.qkv_bias)
+        self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, length, _ = hidden_states.shape
+        shape = (batch_size, length, self.num_heads, self.head_dim)
+        query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
+        key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
+        value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
+        dropout = self.dropout if self.training else 0.0
+        attn_output, attn_weights = _attention(self, query, key, value, None, dropout, output_attentions)
+        attn_output = attn_output.reshape(batch_size, length, self.embed_dim)
+        return self.out_proj(attn_output), attn_weights
+
+
+class InstAPVisionMLP(nn.Module):
+    def __init__(self, config: InstAPVisionConfig):
+        super().__init__()
+        self.activation_fn = ACT2FN[config.hidden_act]
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.activation_fn(self.fc1(hidden_states)))
+
+
+class InstAPVisionLayer(GradientCheckpointingLayer):
+    """Pre-norm transformer block: x + drop_path(attn(norm1(x))), then x + drop_path(mlp(norm2(x)))."""
+
+    def __init__(self, config: InstAPVisionConfig, drop_path_rate: float = 0.0):
+        super().__init__()
+        self.drop_path_rate = drop_path_rate
+        self.layer_norm1 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.self_attn = InstAPVisionAttention(config)
+        self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = InstAPVisionMLP(config)
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        attn_output, attn_weights = self.self_attn(self.layer_norm1(hidden_states), output_attentions)
+        hidden_states = hidden_states + drop_path(attn_output, self.drop_path_rate, self.training)
+        mlp_output = self.mlp(self.layer_norm2(hidden_states))
+        hidden_states = hidden_states + drop_path(mlp_output, self.drop_path_rate, self.training)
+        return hidden_states, attn_weights
+
+
+class InstAPVisionEncoder(nn.Module):
+    def __init__(self, config: InstAPVisionConfig):
+        super().__init__()
+        # Stochastic depth increases linearly from 0 at the first block to drop_path_rate at the last.
+        rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
+        self.layers = nn.ModuleList([InstAPVisionLayer(config, rate) for rate in rates])
+
+    def forward(
+        self, hidden_states: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
+    ) -> BaseModelOutput:
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, attn_weights = layer(hidden_states, output_attentions=output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (attn_weights,)
+        return BaseModelOutput(
+            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Text and fusion encoder (BERT names, so BERT checkpoints map by a rename of the prefix)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class InstAPTextEmbeddings(nn.Module):
+    def __init__(self, config: InstAPTextConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        length = input_ids.shape[1]
+        if length > self.position_embeddings.num_embeddings:
+            raise ValueError(
+                f"input_ids has {length} tokens but max_position_embeddings is "
+                f"{self.position_embeddings.num_embeddings}; truncate the caption in the tokenizer."
+            )
+        positions = torch.arange(length, device=input_ids.device)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        embeddings = (
+            self.word_embeddings(input_ids)
+            + self.position_embeddings(positions)[None]
+            + self.token_type_embeddings(token_type_ids)
+        )
+        return self.dropout(self.LayerNorm(embeddings))
+
+
+class InstAPTextSelfAttention(nn.Module):
+    """BERT attention projections; keys/values read `kv_hidden_size` features (the video width for cross-attention)."""
+
+    def __init__(self, config: InstAPTextConfig, kv_hidden_size: int):
+        super().__init__()
+        self.config = config
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.query = nn.Linear(config.hidden_size, config.hidden_size)
+        self.key = nn.Linear(kv_hidden_size, config.hidden_size)
+        self.value = nn.Linear(kv_hidden_size, config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        key_value_states = hidden_states if key_value_states is None else key_value_states
+        batch_size, length, _ = hidden_states.shape
+        query = self.query(hidden_states).view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
+        kv_shape = (batch_size, key_value_states.shape[1], self.num_heads, self.head_dim)
+        key = self.key(key_value_states).view(kv_shape).transpose(1, 2)
+        value = self.value(key_value_states).view(kv_shape).transpose(1, 2)
+        dropout = self.dropout_prob if self.training else 0.0
+        attn_output, attn_weights = _attention(self, query, key, value, attention_mask, dropout, output_attentions)
+        return attn_output.reshape(batch_size, length, -1), attn_weights
+
+
+class InstAPTextSelfOutput(nn.Module):
+    def __init__(self, config: InstAPTextConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class InstAPTextAttention(nn.Module):
+    def __init__(self, config: InstAPTextConfig, kv_hidden_size: int):
+        super().__init__()
+        self.self = InstAPTextSelfAttention(config, kv_hidden_size)
+        self.output = InstAPTextSelfOutput(config)
+
+    def forward(self, hidden_states, key_value_states=None, attention_mask=None, output_attentions=False):
+        attn_output, attn_weights = self.self(hidden_states, key_value_states, attention_mask, output_attentions)
+        return self.output(attn_output, hidden_states), attn_weights
+
+
+class InstAPTextIntermediate(nn.Module):
+    def __init__(self, config: InstAPTextConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.intermediate_act_fn = ACT2FN[config.hidden_act]
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.intermediate_act_fn(self.dense(hidden_states))
+
+
+class InstAPTextOutput(nn.Module):
+    def __init__(self, config: InstAPTextConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
+        return self.LayerNorm(self.dropout(self.dense(hidden_states)) + input_tensor)
+
+
+class InstAPTextLayer(GradientCheckpointingLayer):
+    """A post-norm BERT layer; fusion layers add *bidirectional* cross-attention to video tokens.
+
+    The stock `BertLayer` only allows cross-attention in a causal decoder, hence this class.
+    """
+
+    def __init__(self, config: InstAPTextConfig, is_fusion_layer: bool):
+        super().__init__()
+        self.attention = InstAPTextAttention(config, config.hidden_size)
+        self.crossattention = InstAPTextAttention(config, config.encoder_hidden_size) if is_fusion_layer else None
+        self.intermediate = InstAPTextIntermediate(config)
+        self.output = InstAPTextOutput(config)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        hidden_states, _ = self.attention(hidden_states, attention_mask=attention_mask)
+        cross_weights = None
+        if self.crossattention is not None:
+            if encoder_hidden_states is None:
+                raise ValueError("A fusion layer needs `encoder_hidden_states` (the video tokens).")
+            hidden_states, cross_weights = self.crossattention(
+                hidden_states, encoder_hidden_states, encoder_attention_mask, output_attentions
+            )
+        hidden_states = self.output(self.intermediate(hidden_states), hidden_states)
+        return hidden_states, cross_weights
+
+
+class InstAPMLMHead(nn.Module):
+    """BERT's MLM head (`cls.predictions`): transform, then a decoder tied to the word embeddings."""
+
+    def __init__(self, config: InstAPTextConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.transform_act_fn = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.LayerNorm(self.transform_act_fn(self.dense(hidden_states))))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Instance attention pool and teacher distillation
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class InstAPAttentionPool(nn.Module):
+    """Eq. 5: Z = XAttn(C, V): crop tokens query the scene tokens; one pre-norm cross-attention block with MLP."""
+
+    def __init__(self, config: InstAPConfig):
+        super().__init__()
+        vision = config.vision_config
+        self.config = vision
+        self.num_heads = config.attention_pool_num_heads
+        self.head_dim = vision.hidden_size // self.num_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = False
+        self.layer_norm_query = nn.LayerNorm(vision.hidden_size, eps=vision.layer_norm_eps)
+        self.layer_norm_context = nn.LayerNorm(vision.hidden_size, eps=vision.layer_norm_eps)
+        self.q_proj = nn.Linear(vision.hidden_size, vision.hidden_size)
+        self.k_proj = nn.Linear(vision.hidden_size, vision.hidden_size)
+        self.v_proj = nn.Linear(vision.hidden_size, vision.hidden_size)
+        self.out_proj = nn.Linear(vision.hidden_size, vision.hidden_size)
+        self.layer_norm_mlp = nn.LayerNorm(vision.hidden_size, eps=vision.layer_norm_eps)
+        self.mlp = InstAPVisionMLP(vision)
+
+    def forward(
+        self, crop_hidden_states: torch.Tensor, scene_hidden_states: torch.Tensor, output_attentions: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch_size, length, dim = crop_hidden_states.shape
+        query = self.q_proj(self.layer_norm_query(crop_hidden_states))
+        context = self.layer_norm_context(scene_hidden_states)
+        query = query.view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
+        kv_shape = (batch_size, context.shape[1], self.num_heads, self.head_dim)
+        key = self.k_proj(context).view(kv_shape).transpose(1, 2)
+        value = self.v_proj(context).view(kv_shape).transpose(1, 2)
+        attn_output, attn_weights = _attention(self, query, key, value, None, 0.0, output_attentions)
+        hidden_states = crop_hidden_states + self.out_proj(attn_output.reshape(batch_size, length, dim))
+        hidden_states = hidden_states + self.mlp(self.layer_norm_mlp(hidden_states))
+        return hidden_states, attn_weights
+
+
+class InstAPDistillationHead(nn.Module):
+    """Student head of one aligned layer (UMT `clip_decoder.k`): Linear(width -> teacher dim) + LayerNorm."""
+
+    def __init__(self, in_features: int, out_features: int, eps: float):
+        super().__init__()
+        self.head = nn.Linear(in_features, out_features)
+        self.norm = nn.LayerNorm(out_features, eps=eps)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.head(hidden_states))
+
+
+class InstAPTeacherDistillation(nn.Module):
+    """The frozen CLIP teacher, the attention-guided token masks it yields, and the student heads of Eq. 1.
+
+    The teacher is frozen: its parameters never require grad, it runs under `no_grad`, and it stays in eval mode
+    whatever `.train()` is called with.
+    """
+
+    def __init__(self, config: InstAPConfig):
+        super().__init__()
+        self.config = config
+        self.teacher = CLIPVisionModelWithProjection._from_config(config.teacher_config)
+        self.teacher.requires_grad_(False)
+        self.teacher.eval()
+        teacher_dim = config.teacher_config.projection_dim
+        self.heads = nn.ModuleList(
+            [
+                InstAPDistillationHead(config.vision_config.hidden_size, teacher_dim, config.vision_config.layer_norm_eps)
+                for _ in range(config.teacher_num_layers)
+            ]
+        )
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    @torch.no_grad()
+    def teacher_forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run the teacher per frame.
+
+        Returns:
+            targets: `(K, batch, frames * patches, teacher_dim)` the last K blocks without CLS, after the CLIP
+                post-LayerNorm and projection (normalised later, in the loss).
+            attention: `(batch * frames, 1 + patches, 1 + patches)` last-block attention, averaged over heads.
+        """
+        batch_size, num_frames = pixel_values.shape[:2]
+        frames = pixel_values.flatten(0, 1)
+        size = self.config.teacher_image_size
+        if frames.shape[-2:] != (size, size):
+            frames = F.interpolate(frames.float(), size=(size, size), mode="bicubic", align_corners=False)
+        frames = frames.to(self.teacher.dtype)
+        vision = self.teacher.vision_model
+        outputs = vision(frames, output_hidden_states=True, interpolate_pos_encoding=True)
+        hidden_states = outputs.hidden_states  # input of block 0, then the output of each block
+        last_layer = vision.encoder.layers[-1]
+        attention = self._head_averaged_attention(last_layer, hidden_states[-2])
+        targets = []
+        for layer_output in hidden_states[-self.config.teacher_num_layers :]:
+            patch_tokens = vision.post_layernorm(layer_output[:, 1:])
+            projected = self.teacher.visual_projection(patch_tokens)
+            targets.append(projected.reshape(batch_size, num_frames * projected.shape[1], -1))
+        return torch.stack(targets), attention
+
+    @staticmethod
+    def _head_averaged_attention(layer: nn.Module, layer_input: torch.Tensor) -> torch.Tensor:
+        # Recomputed from the block's own projections so the teacher can keep its fast attention kernel.
+        attn = layer.self_attn
+        normed = layer.layer_norm1(layer_input)
+        batch, length, _ = normed.shape
+        shape = (batch, length, attn.num_heads, attn.head_dim)
+        query = attn.q_proj(normed).view(shape).transpose(1, 2)
+        key = attn.k_proj(normed).view(shape).transpose(1, 2)
+        weights = torch.softmax(torch.matmul(query, key.transpose(-1, -2)).float() * attn.scale, dim=-1)
+        return weights.mean(dim=1)
+
+    def token_mask(
+        self, attention: torch.Tensor, num_frames: int, mask_ratio: float, strategy: str
+    ) -> torch.Tensor:
+        """The student's token mask (`True` = hidden) from the teacher's last-block attention."""
+        if strategy == "umt":
+            return teacher_attention_mask(attention[:, 0, 1:], num_frames, mask_ratio)
+        # Mean attention each patch receives over all queries of its frame (METHOD §3, s = (1/L)·Aᵀ·1).
+        received = attention[:, :, 1:].mean(dim=1)
+        return mean_attention_mask(received.reshape(-1, num_frames * received.shape[-1]), mask_ratio)
+
+    def student_features(
+        self,
+        student_hidden_states: tuple[torch.Tensor, ...],
+        final_norm: nn.Module,
+        visible_positions: torch.Tensor,
+    ) -> torch.Tensor:
+        """Heads over the last K student blocks: final norm, + position table again, Linear + LayerNorm.
+
+        Args:
+            student_hidden_states: the vision encoder's hidden states (visible tokens only).
+            final_norm: the encoder's final LayerNorm.
+            visible_positions: `(batch, visible_tokens, width)` the sinusoid table at the visible positions.
+        """
+        last_k = student_hidden_states[-self.config.teacher_num_layers :]
+        return torch.stack([head(final_norm(h) + visible_positions) for head, h in zip(self.heads, last_k)])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pre-trained model base
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class InstAPPreTrainedModel(PreTrainedModel):
+    config: InstAPConfig
+    config_class = InstAPConfig
+    base_model_prefix = "instap"
+    main_input_name = "pixel_values"
+    input_modalities = ("video", "text")
+    supports_gradient_checkpointing = True
+    _supports_sdpa = True
+    _no_split_modules = ["InstAPVisionLayer", "InstAPTextLayer", "InstAPAttentionPool", "CLIPEncoderLayer"]
+    # Forwards take **kwargs only to accept and ignore Trainer extras; the losses are already per-batch means, so
+    # Trainer must keep scaling them for gradient accumulation itself.
+    accepts_loss_kwargs = False
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """`PreTrainedModel.save_pretrained`, with an `auto_map` naming every Auto class of InstAP.
+
+        transformers only records the saved class; a stage-2 checkpoint must also load as `AutoModel` (the
+        backbone), the way a Hub user loads `org/instap-l` with `trust_remote_code=True`.
+        """
+        if isinstance(self.config, InstAPConfig):
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **INSTAP_AUTO_MAP}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
+    def _initializer_range(self) -> float:
+        config = self.config
+        if isinstance(config, InstAPConfig):
+            return config.vision_config.initializer_range
+        return config.initializer_range
+
+    @torch.no_grad()
+    def _init_weights(self, module: nn.Module):
+        super()._init_weights(module)
+        std = self._initializer_range()
+        if isinstance(module, (nn.Linear, nn.Conv3d)):
+            init.trunc_normal_(module.weight, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, std=std)
+        elif isinstance(module, CLIPVisionEmbeddings):
+            init.normal_(module.class_embedding, std=module.embed_dim**-0.5)
+            init.copy_(module.position_ids, torch.arange(module.num_positions).expand((1, -1)))
+        elif isinstance(module, InstAPModel):
+            init.constant_(module.temperature, module.config.temperature_init)
+            init.constant_(module.instance_temperature, module.config.instance_temperature_init)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Towers
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class InstAPVisionModel(InstAPPreTrainedModel):
+    """The space-time ViT video encoder (no CLS token).
+
+    `bool_masked_pos` hides tokens: only the visible ones are encoded (the UMT saving). The pooled output is the
+    "pool norm" LayerNorm of the mean token.
+    """
+
+    config: InstAPVisionConfig
+    config_class = InstAPVisionConfig
+    base_model_prefix = "vision_model"
+    input_modalities = ("video",)
+
+    def __init__(self, config: InstAPVisionConfig):
+        super().__init__(config)
+        self.embeddings = InstAPVisionEmbeddings(config)
+        self.encoder = InstAPVisionEncoder(config)
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pool_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.patch_embedding
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        pool_frames: bool = False,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Args:
+            pixel_values: `(batch, frames, channels, height, width)`; an image is a 1-frame video.
+            bool_masked_pos: `(batch, tokens)` boolean, `True` = hidden. Every row must hide the same number.
+            output_hidden_states: return the embeddings and every block output (visible tokens, before the final
+                norm); the last K are the student side of the distillation.
+            pool_frames: pool each frame separately (`pooler_output` of shape `(batch, frames, width)`); only
+                without a mask.
+
+        Returns:
+            `BaseModelOutputWithPooling` with `last_hidden_state` `(batch, visible_tokens, width)` after the final
+            norm and `pooler_output` `(batch, width)`.
+        """
+        if pixel_values.ndim == 4:  # a batch of images
+            pixel_values = pixel_values.unsqueeze(1)
+        if pixel_values.ndim != 5:
+            raise ValueError(f"pixel_values must be (batch, frames, channels, height, width), got {tuple(pixel_values.shape)}.")
+        output_hidden_states = bool(output_hidden_states)
+        embeddings = self.embeddings(pixel_values)
+        if bool_masked_pos is not None:
+            if bool_masked_pos.shape != embeddings.shape[:2]:
+                raise ValueError(
+                    f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)}, expected {tuple(embeddings.shape[:2])}."
+                )
+            embeddings = gather_visible(embeddings, bool_masked_pos)
+        encoder_outputs = self.encoder(
+            embeddings, output_hidden_states=output_hidden_states, output_attentions=bool(output_attentions)
+        )
+        last_hidden_state = self.post_layernorm(encoder_outputs.last_hidden_state)
+        if pool_frames:
+            if bool_masked_pos is not None:
+                raise ValueError("pool_frames needs every token: call it without bool_masked_pos.")
+            num_frames = pixel_values.shape[1] // self.config.tubelet_size
+            per_frame = last_hidden_state.reshape(last_hidden_state.shape[0], num_frames, -1, last_hidden_state.shape[-1])
+            pooled = self.pool_layernorm(per_frame.mean(dim=2))
+        else:
+            pooled = self.pool_layernorm(last_hidden_state.mean(dim=1))
+        return BaseModelOutputWithPooling(
+            last_hidden_state=last_hidden_state,
+            pooler_output=pooled,
+            hidden_states=encoder_outputs.hidden_states,
+            attentions=encoder_outputs.attentions,
+        )
+
+
+class InstAPTextModel(InstAPPreTrainedModel):
+    """BERT text encoder (layers below `fusion_layer`) and fusion encoder (the layers from it on).
+
+    `mode="text"` runs the text layers on token ids; `mode="fusion"` runs the fusion layers on text hidden states
+    with cross-attention to video tokens; `mode="multimodal"` runs both.
+    """
+
+    config: InstAPTextConfig
+    config_class = InstAPTextConfig
+    base_model_prefix = "text_model"
+    main_input_name = "input_ids"
+    input_modalities = ("text",)
+
+    def __init__(self, config: InstAPTextConfig):
+        super().__init__(config)
+        self.embeddings = InstAPTextEmbeddings(config)
+        self.encoder = nn.Module()
+        self.encoder.layer = nn.ModuleList(
+            [InstAPTextLayer(config, is_fusion_layer=i >= config.fusion_layer) for i in range(config.num_hidden_layers)]
+        )
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Module:
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.embeddings.word_embeddings = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        text_hidden_states: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        mode: str = "text",
+        output_hidden_states: bool | None = None,
+        output_attentions: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Args:
+            input_ids, attention_mask, token_type_ids: the caption (modes `"text"` and `"multimodal"`).
+            text_hidden_states: `(batch, length, hidden)` output of the text mode (mode `"fusion"`).
+            encoder_hidden_states: `(batch, video_tokens, video_width)` the video tokens the fusion layers attend to.
+            encoder_attention_mask: optional `(batch, video_tokens)` 1/0 mask over the video tokens.
+
+        Returns:
+            `BaseModelOutputWithPooling`: `last_hidden_state` and, as `pooler_output`, the [CLS] state (no BERT
+            pooler layer, as in UMT); `attentions` holds the fusion layers' cross-attention maps.
+        """
+        fusion_layer = self.config.fusion_layer
+        if mode == "text":
+            layers = self.encoder.layer[:fusion_layer]
+        elif mode == "fusion":
+            layers = self.encoder.layer[fusion_layer:]
+        elif mode == "multimodal":
+            layers = self.encoder.layer
+        else:
+            raise ValueError(f"mode must be 'text', 'fusion' or 'multimodal', got {mode!r}.")
+        if mode == "fusion":
+            if text_hidden_states is None:
+                raise ValueError("mode='fusion' needs `text_hidden_states` from mode='text'.")
+            hidden_states = text_hidden_states
+        else:
+            if input_ids is None:
+                raise ValueError(f"mode={mode!r} needs `input_ids`.")
+            hidden_states = self.embeddings(input_ids, token_type_ids)
+        dtype = hidden_states.dtype
+        self_mask = _additive_mask(attention_mask, dtype)
+        cross_mask = _additive_mask(encoder_attention_mask, dtype)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_cross_attentions = () if output_attentions else None
+        for layer in layers:
+            hidden_states, cross_weights = layer(
+                hidden_states,
+                attention_mask=self_mask,
+                encoder_hidden_states=encoder_hidden_states,
+                encoder_attention_mask=cross_mask,
+                output_attentions=bool(output_attentions),
+            )
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions and cross_weights is not None:
+                all_cross_attentions += (cross_weights,)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states,
+            pooler_output=hidden_states[:, 0],
+            hidden_states=all_hidden_states,
+            attentions=all_cross_attentions,
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The dual encoder + fusion model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class InstAPModel(InstAPPreTrainedModel):
+    """Video encoder, text/fusion encoder, projections W_v/W_t, the matching head, the instance attention pool and
+    the two temperatures τ and τ_inst.
+    """
+
+    # A stage-2 checkpoint also holds the MLM head and the teacher; the backbone ignores them.
+    _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^distillation\."]
+
+    def __init__(self, config: InstAPConfig):
+        super().__init__(config)
+        self.vision_model = InstAPVisionModel._from_config(config.vision_config)
+        self.text_model = InstAPTextModel._from_config(config.text_config)
+        vision_width = config.vision_config.hidden_size
+        text_width = config.text_config.hidden_size
+        self.visual_projection = nn.Linear(vision_width, config.projection_dim)
+        self.text_projection = nn.Linear(text_width, config.projection_dim)
+        self.itm_head = nn.Linear(text_width, 2)
+        self.attention_pool = InstAPAttentionPool(config)
+        # τ itself (not its log), as UMT stores and clamps it.
+        self.temperature = nn.Parameter(torch.tensor(config.temperature_init))
+        self.instance_temperature = nn.Parameter(torch.tensor(config.instance_temperature_init))
+        self.post_init()
+
+    def clamped_temperatures(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """τ and τ_inst clamped to [temperature_min, temperature_max].
+
+        A functional clamp (UMT clamps the parameter in place); an in-place write inside forward would race with
+        ZeRO-3 partitioned parameters.
+        """
+        low, high = self.config.temperature_min, self.config.temperature_max
+        return self.temperature.clamp(low, high), self.instance_temperature.clamp(low, high)
+
+    def get_video_features(
+        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Encode videos; `pooler_output` is the L2-normalised projected embedding `(batch, projection_dim)`.
+
+        Without a mask and with `config.eval_frame_pooling == "frames"` each frame is pooled and projected on its
+        own and the unit vectors are averaged, so a dot product with a text embedding is the frame-averaged cosine
+        similarity of UMT's evaluation.
+        """
+        per_frame = bool_masked_pos is None and self.config.eval_frame_pooling == "frames" and not self.training
+        vision_outputs = self.vision_model(pixel_values, bool_masked_pos=bool_masked_pos, pool_frames=per_frame)
+        embeds = F.normalize(self.visual_projection(vision_outputs.pooler_output), dim=-1)
+        if per_frame:
+            embeds = embeds.mean(dim=1)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=vision_outputs.last_hidden_state,
+            pooler_output=embeds,
+            hidden_states=vision_outputs.hidden_states,
+        )
+
+    def get_text_features(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
+    ) -> BaseModelOutputWithPooling:
+        """Encode captions with the text layers; `pooler_output` is the normalised projected [CLS] embedding."""
+        text_outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, mode="text")
+        embeds = F.normalize(self.text_projection(text_outputs.pooler_output), dim=-1)
+        return BaseModelOutputWithPooling(last_hidden_state=text_outputs.last_hidden_state, pooler_output=embeds)
+
+    def fuse(
+        self,
+        text_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        video_hidden_states: torch.Tensor,
+        video_attention_mask: torch.Tensor | None = None,
+        output_attentions: bool = False,
+    ) -> BaseModelOutputWithPooling:
+        """Run the fusion layers: text states cross-attend to video tokens."""
+        return self.text_model(
+            text_hidden_states=text_hidden_states,
+            attention_mask=attention_mask,
+            encoder_hidden_states=video_hidden_states,
+            encoder_attention_mask=video_attention_mask,
+            mode="fusion",
+            output_attentions=output_attentions,
+        )
+
+    def match_score(
+        self,
+        video_hidden_states: torch.Tensor,
+        text_hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        video_attention_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Matching-head logits `(pairs, 2)` (index 1 = "matches") for aligned pairs of video tokens and text states.
+
+        Args:
+            video_hidden_states: `(pairs, video_tokens, vision_width)`, e.g. `get_video_features(...).last_hidden_state`.
+            text_hidden_states: `(pairs, length, text_width)`, e.g. `get_text_features(...).last_hidden_state`.
+        """
+        fused = self.fuse(text_hidden_states, attention_mask, video_hidden_states, video_attention_mask)
+        return self.itm_head(fused.last_hidden_state[:, 0])
+
+    def encode_instances(
+        self,
+        instance_pixel_values: torch.Tensor,
+        scene_hidden_states: torch.Tensor,
+        instance_sample_index: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+    ) -> InstAPInstanceOutput:
+        """Encode instance crop clips and pool them against their scene (METHOD Eq. 5–7).
+
+        Args:
+            instance_pixel_values: `(instances, frames, channels, crop, crop)`.
+            scene_hidden_states: `(scenes, scene_tokens, width)` the scene videos' tokens V (visible ones in training).
+            instance_sample_index: `(instances,)` which scene each instance belongs to; `None` when
+                `scene_hidden_states` is already aligned with the instances.
+            bool_masked_pos: optional crop token mask (`True` = hidden).
+        """
+        crops = self.vision_model(instance_pixel_values, bool_masked_pos=bool_masked_pos)
+        crop_tokens = crops.last_hidden_state
+        scenes = scene_hidden_states if instance_sample_index is None else scene_hidden_states[instance_sample_index]
+        pooled_tokens, _ = self.attention_pool(crop_tokens, scenes)
+        instance_embeds = F.normalize(self.visual_projection(pooled_tokens.mean(dim=1)), dim=-1)
+        return InstAPInstanceOutput(
+            crop_hidden_states=crop_tokens,
+            crop_pooled=crop_tokens.mean(dim=1),
+            pooled_hidden_states=pooled_tokens,
+            instance_embeds=instance_embeds,
+        )
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor | None = None,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        bool_masked_pos: torch.Tensor | None = None,
+        return_loss: bool | None = None,
+        **kwargs,
+    ) -> InstAPOutput:
+        """Dual-encoder similarity, CLIP style: `logits_per_video[i, j]` = cos(video i, text j) / τ."""
+        video = self.get_video_features(pixel_values, bool_masked_pos=bool_masked_pos)
+        text = self.get_text_features(input_ids, attention_mask)
+        temperature, _ = self.clamped_temperatures()
+        logits_per_video = video.pooler_output @ text.pooler_output.t() / temperature
+        loss = None
+        if return_loss:
+            loss = contrastive_loss(video.pooler_output, text.pooler_output, temperature)
+        return InstAPOutput(
+            loss=loss,
+            logits_per_video=logits_per_video,
+            logits_per_text=logits_per_video.t(),
+            video_embeds=video.pooler_output,
+            text_embeds=text.pooler_output,
+            vision_model_output=video,
+            text_model_output=text,
+        )
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Task heads
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _media_mask_ratio(config: InstAPConfig, num_frames: int) -> float:
+    # An image is a 1-frame clip and gets the image ratio (0.5); videos get 0.8.
+    return config.image_mask_ratio if num_frames == 1 else config.video_mask_ratio
+
+
+def _pair_indices_with_negatives(negatives: torch.Tensor) -> torch.Tensor:
+    """Rows whose negative could be drawn (`sample_hard_negatives` returns -1 when none exists)."""
+    return torch.nonzero(negatives >= 0, as_tuple=False).squeeze(1)
+
+
+class InstAPForPreTraining(InstAPPreTrainedModel):
+    """Stage 2, instance-aware alignment: L = λ_rec·L_rec + L_global + L_inst (METHOD §4)."""
+
+    _tied_weights_keys = {"mlm_head.decoder.weight": "instap.text_model.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config: InstAPConfig):
+        super().__init__(config)
+        self.instap = InstAPModel(config)
+        self.mlm_head = InstAPMLMHead(config.text_config)
+        self.distillation = InstAPTeacherDistillation(config) if config.teacher_config is not None else None
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Module:
+        return self.mlm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings: nn.Module):
+        self.mlm_head.decoder = new_embeddings
+
+    # -- pieces of the step, each returning the unweighted loss term ------------------------------------------------
+
+    def _scene_mask_and_targets(self, pixel_values: torch.Tensor):
+        """Token mask for the scene videos and, with a teacher, the distillation targets at every position."""
+        config = self.config
+        batch_size, num_frames = pixel_values.shape[:2]
+        ratio = _media_mask_ratio(config, num_frames)
+        tokens_per_frame = (pixel_values.shape[-2] // config.vision_config.patch_size) * (
+            pixel_values.shape[-1] // config.vision_config.patch_size
+        )
+        if self.distillation is None:
+            if ratio == 0.0 or not self.training:
+                return None, None
+            return random_token_mask(batch_size, num_frames, tokens_per_frame, ratio, device=pixel_values.device), None
+        targets, attention = self.distillation.teacher_forward(pixel_values)
+        if config.mask_strategy == "random" or ratio == 0.0:
+            mask = random_token_mask(batch_size, num_frames, tokens_per_frame, ratio, device=pixel_values.device)
+        else:
+            mask = self.distillation.token_mask(attention, num_frames, ratio, config.mask_strategy)
+        return mask, targets
+
+    def _reconstruction_loss(self, vision_outputs, mask, targets) -> torch.Tensor:
+        vision_model = self.instap.vision_model
+        num_tokens = mask.shape[1]
+        table = vision_model.embeddings.position_embeddings(num_tokens, mask.device, vision_outputs.last_hidden_state.dtype)
+        visible_positions = gather_visible(table.expand(mask.shape[0], -1, -1), mask)
+        student = self.distillation.student_features(
+            vision_outputs.hidden_states, vision_model.post_layernorm, visible_positions
+        )
+        teacher = torch.stack([gather_visible(layer, mask) for layer in targets])
+        return reconstruction_loss(student, teacher)
+
+    def _matching_loss(
+        self,
+        video_tokens: torch.Tensor,
+        text_states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        similarity: torch.Tensor,
+        exclude: torch.Tensor,
+    ) -> torch.Tensor:
+        """VTM over [positives; hard-negative video per text; hard-negative text per video] (UMT `vtm_loss`)."""
+        with torch.no_grad():
+            if not self.config.vtm_hard_negatives:
+                similarity = torch.zeros_like(similarity)
+            text_for_video = sample_hard_negatives(similarity, exclude)
+            video_for_text = sample_hard_negatives(similarity.t(), exclude.t())
+        count = video_tokens.shape[0]
+        positives = torch.arange(count, device=video_tokens.device)
+        rows_v = _pair_indices_with_negatives(text_for_video)  # videos paired with a wrong text
+        rows_t = _pair_indices_with_negatives(video_for_text)  # texts paired with a wrong video
+        video_index = torch.cat([positives, video_for_text[rows_t], rows_v])
+        text_index = torch.cat([positives, rows_t, text_for_video[rows_v]])
+        logits = self.instap.match_score(
+            video_tokens[video_index], text_states[text_index], attention_mask[text_index]
+        )
+        labels = torch.zeros(video_index.shape[0], dtype=torch.long, device=logits.device)
+        labels[:count] = 1
+        return matching_loss(logits, labels)
+
+    def _masked_language_loss(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, video_tokens: torch.Tensor
+    ) -> torch.Tensor:
+        text_config = self.config.text_config
+        masked_ids, labels = mask_tokens_for_mlm(
+            input_ids,
+            attention_mask,
+            vocab_size=text_config.vocab_size,
+            mask_token_id=text_config.mask_token_id,
+            special_token_ids=[text_config.cls_token_id, text_config.pad_token_id],
+            probability=self.config.mlm_probability,
+        )
+        text_states = self.instap.text_model(input_ids=masked_ids, attention_mask=attention_mask, mode="text")
+        fused = self.instap.fuse(text_states.last_hidden_state, attention_mask, video_tokens)
+        return mlm_loss(self.mlm_head(fused.last_hidden_state), labels)
+
+    def _limit_instances(self, instance_sample_index: torch.Tensor) -> torch.Tensor | None:
+        """Indices of the instances kept this step: at most `max_instances_per_sample` per sample, a random subset."""
+        cap = self.config.max_instances_per_sample
+        counts = torch.bincount(instance_sample_index)
+        if counts.numel() == 0 or int(counts.max()) <= cap:
+            return None
+        order = torch.randperm(instance_sample_index.numel(), device=instance_sample_index.device)
+        shuffled = instance_sample_index[order]
+        # Rank of each shuffled instance among the instances of its sample.
+        sort_key = shuffled * instance_sample_index.numel() + torch.arange(shuffled.numel(), device=shuffled.device)
+        sorted_order = torch.argsort(sort_key)
+        sorted_samples = shuffled[sorted_order]
+        first = torch.searchsorted(sorted_samples, sorted_samples, right=False)
+        rank = torch.arange(sorted_samples.numel(), device=shuffled.device) - first
+        keep = order[sorted_order[rank < cap]]
+        return torch.sort(keep).values
+
+    def _crop_mask(self, instance_pixel_values: torch.Tensor) -> torch.Tensor | None:
+        config = self.config
+        if not self.training or config.crop_mask_strategy == "none":
+            return None
+        count, num_frames = instance_pixel_values.shape[:2]
+        ratio = _media_mask_ratio(config, num_frames)
+        if ratio == 0.0:
+            return None
+        if config.crop_mask_strategy == "teacher" and self.distillation is not None and config.mask_strategy != "random":
+            _, attention = self.distillation.teacher_forward(instance_pixel_values)
+            return self.distillation.token_mask(attention, num_frames, ratio, config.mask_strategy)
+        patch = config.vision_config.patch_size
+        tokens_per_frame = (instance_pixel_values.shape[-2] // patch) * (instance_pixel_values.shape[-1] // patch)
+        return random_token_mask(count, num_frames, tokens_per_frame, ratio, device=instance_pixel_values.device)
+
+    # -- the step ------------------------------------------------------------------------------------------------------
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        source_ids: torch.Tensor | None = None,
+        instance_pixel_values: torch.Tensor | None = None,
+        instance_input_ids: torch.Tensor | None = None,
+        instance_attention_mask: torch.Tensor | None = None,
+        instance_sample_index: torch.Tensor | None = None,
+        instance_source_id: torch.Tensor | None = None,
+        return_loss: bool = True,
+        **kwargs,
+    ) -> InstAPForPreTrainingOutput:
+        r"""
+        Args:
+            pixel_values: `(batch, frames, 3, height, width)` scene clips (images: 1 frame), one media type per batch.
+            input_ids, attention_mask: `(batch, length)` global captions.
+            source_ids: `(batch,)` globally unique ids of the source samples; equal ids are soft positives of the
+                global VTC. Defaults to the row index.
+            instance_pixel_values: `(instances, frames, 3, crop, crop)` crop clips.
+            instance_input_ids, instance_attention_mask: `(instances, length)` instance captions.
+            instance_sample_index: `(instances,)` row of `pixel_values` each instance comes from.
+            instance_source_id: `(instances,)` source ids of the instances (same-source masking of Eq. 8).
+                Defaults to `source_ids[instance_sample_index]`.
+        """
+        config = self.config
+        batch_size = pixel_values.shape[0]
+        device = pixel_values.device
+        if attention_mask is None and input_ids is not None:
+            attention_mask = torch.ones_like(input_ids)
+        if source_ids is None:
+            source_ids = torch.arange(batch_size, device=device)
+        temperature, instance_temperature = self.instap.clamped_temperatures()
+        terms: dict[str, torch.Tensor] = {}
+
+        # Scene videos: teacher mask and targets, then the student on the visible tokens (one pass for all losses).
+        mask, targets = self._scene_mask_and_targets(pixel_values)
+        vision_outputs = self.instap.vision_model(
+            pixel_values, bool_masked_pos=mask, output_hidden_states=targets is not None
+        )
+        video_tokens = vision_outputs.last_hidden_state
+        if targets is not None and config.lambda_rec > 0:
+            terms["rec"] = self._reconstruction_loss(vision_outputs, mask, targets)
+
+        logits_per_video = video_embeds = text_embeds = None
+        if input_ids is not None:
+            video_embeds = F.normalize(self.instap.visual_projection(vision_outputs.pooler_output), dim=-1)
+            text_outputs = self.instap.text_model(input_ids=input_ids, attention_mask=attention_mask, mode="text")
+            text_states = text_outputs.last_hidden_state
+            text_embeds = F.normalize(self.instap.text_projection(text_outputs.pooler_output), dim=-1)
+            logits_per_video = video_embeds @ text_embeds.t() / temperature
+            terms["vtc"] = contrastive_loss(
+                all_gather_with_grad(video_embeds),
+                all_gather_with_grad(text_embeds),
+                temperature,
+                source_ids=gather_without_grad(source_ids),
+                same_source=config.global_same_source,
+            )
+            same_source = source_ids[:, None] == source_ids[None, :]
+            terms["vtm"] = self._matching_loss(
+                video_tokens, text_states, attention_mask, logits_per_video.detach(), same_source
+            )
+            if config.lambda_mlm > 0:
+                terms["mlm"] = self._masked_language_loss(input_ids, attention_mask, video_tokens)
+
+        has_instances = (
+            instance_pixel_values is not None and instance_input_ids is not None and instance_pixel_values.shape[0] > 0
+        )
+        if has_instances:
+            if instance_sample_index is None:
+                raise ValueError("instance_pixel_values needs instance_sample_index (the scene of each instance).")
+            if instance_attention_mask is None:
+                instance_attention_mask = torch.ones_like(instance_input_ids)
+            if instance_source_id is None:
+                instance_source_id = source_ids[instance_sample_index]
+            keep = self._limit_instances(instance_sample_index) if self.training else None
+            if keep is not None:
+                instance_pixel_values = instance_pixel_values[keep]
+                instance_input_ids = instance_input_ids[keep]
+                instance_attention_mask = instance_attention_mask[keep]
+                instance_sample_index = instance_sample_index[keep]
+                instance_source_id = instance_source_id[keep]
+            terms.update(
+                self._instance_losses(
+                    video_tokens,
+                    instance_pixel_values,
+                    instance_input_ids,
+                    instance_attention_mask,
+                    instance_sample_index,
+                    instance_source_id,
+                    instance_temperature,
+                )
+            )
+
+        loss = None
+        if return_loss and terms:
+            loss = self._total_loss(terms)
+        return InstAPForPreTrainingOutput(
+            loss=loss,
+            loss_rec=terms.get("rec"),
+            loss_vtc=terms.get("vtc"),
+            loss_vtm=terms.get("vtm"),
+            loss_mlm=terms.get("mlm"),
+            loss_inst_vtc=terms.get("inst_vtc"),
+            loss_inst_vtm=terms.get("inst_vtm"),
+            loss_inst_mlm=terms.get("inst_mlm"),
+            temperature=temperature.detach(),
+            instance_temperature=instance_temperature.detach(),
+            logits_per_video=logits_per_video,
+            logits_per_text=None if logits_per_video is None else logits_per_video.t(),
+            video_embeds=video_embeds,
+            text_embeds=text_embeds,
+            bool_masked_pos=mask,
+        )
+
+    def _instance_losses(
+        self,
+        video_tokens: torch.Tensor,
+        instance_pixel_values: torch.Tensor,
+        instance_input_ids: torch.Tensor,
+        instance_attention_mask: torch.Tensor,
+        instance_sample_index: torch.Tensor,
+        instance_source_id: torch.Tensor,
+        instance_temperature: torch.Tensor,
+    ) -> dict[str, torch.Tensor]:
+        config = self.config
+        instances = self.instap.encode_instances(
+            instance_pixel_values,
+            video_tokens,
+            instance_sample_index,
+            bool_masked_pos=self._crop_mask(instance_pixel_values),
+        )
+        text_outputs = self.instap.text_model(
+            input_ids=instance_input_ids, attention_mask=instance_attention_mask, mode="text"
+        )
+        caption_embeds = F.normalize(self.instap.text_projection(text_outputs.pooler_output), dim=-1)
+        terms = {
+            # Instance counts differ between ranks: gather with padding.
+            "inst_vtc": contrastive_loss(
+                all_gather_variable(instances.instance_embeds),
+                all_gather_variable(caption_embeds),
+                instance_temperature,
+                source_ids=all_gather_variable(instance_source_id, with_grad=False),
+                same_source=config.instance_same_source,
+            )
+        }
+        # Hard negatives never come from the same source sample (nor the positive itself).
+        with torch.no_grad():
+            similarity = instances.instance_embeds @ caption_embeds.t() / instance_temperature
+            exclude = instance_source_id[:, None] == instance_source_id[None, :]
+        if config.instance_vtm_context == "pooled":
+            context = instances.crop_pooled[:, None, :]
+        else:
+            context = instances.crop_hidden_states
+        terms["inst_vtm"] = self._matching_loss(
+            context, text_outputs.last_hidden_state, instance_attention_mask, similarity, exclude
+        )
+        if config.lambda_mlm > 0 or config.lambda_inst_mlm > 0:
+            terms["inst_mlm"] = self._masked_language_loss(
+                instance_input_ids, instance_attention_mask, instances.pooled_hidden_states
+            )
+        return terms
+
+    def _total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
+        config = self.config
+        weights = {
+            "rec": config.lambda_rec,
+            "vtc": config.lambda_vtc,
+            "vtm": config.lambda_vtm,
+            "mlm": config.lambda_mlm,
+            "inst_vtc": config.lambda_inst * config.lambda_inst_vtc,
+            "inst_vtm": config.lambda_inst * config.lambda_inst_vtm,
+            "inst_mlm": config.lambda_inst * config.lambda_inst_mlm,
+        }
+        return sum(weights[name] * value for name, value in terms.items())
+
+
+class InstAPForMaskedVideoModeling(InstAPPreTrainedModel):
+    """Stage 1: the student regresses the frozen teacher's last-K-layer features on its visible tokens (Eq. 1)."""
+
+    def __init__(self, config: InstAPConfig):
+        super().__init__(config)
+        if config.teacher_config is None:
+            raise ValueError("InstAPForMaskedVideoModeling needs InstAPConfig.teacher_config (the CLIP teacher).")
+        self.vision_model = InstAPVisionModel._from_config(config.vision_config)
+        self.distillation = InstAPTeacherDistillation(config)
+        self.post_init()
+
+    def forward(self, pixel_values: torch.Tensor, **kwargs) -> InstAPForMaskedVideoModelingOutput:
+        """`pixel_values`: `(batch, frames, 3, height, width)`; images (1 frame) use `image_mask_ratio`."""
+        if pixel_values.ndim == 4:
+            pixel_values = pixel_values.unsqueeze(1)
+        config = self.config
+        num_frames = pixel_values.shape[1]
+        ratio = _media_mask_ratio(config, num_frames)
+        targets, attention = self.distillation.teacher_forward(pixel_values)
+        if config.mask_strategy == "random":
+            patch = config.vision_config.patch_size
+            tokens_per_frame = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
+            mask = random_token_mask(pixel_values.shape[0], num_frames, tokens_per_frame, ratio, device=pixel_values.device)
+        else:
+            mask = self.distillation.token_mask(attention, num_frames, ratio, config.mask_strategy)
+        outputs = self.vision_model(pixel_values, bool_masked_pos=mask, output_hidden_states=True)
+        table = self.vision_model.embeddings.position_embeddings(mask.shape[1], mask.device, outputs.last_hidden_state.dtype)
+        visible_positions = gather_visible(table.expand(mask.shape[0], -1, -1), mask)
+        student = self.distillation.student_features(outputs.hidden_states, self.vision_model.post_layernorm, visible_positions)
+        teacher = torch.stack([gather_visible(layer, mask) for layer in targets])
+        return InstAPForMaskedVideoModelingOutput(
+            loss=reconstruction_loss(student, teacher),
+            student_features=student,
+            teacher_features=teacher,
+            bool_masked_pos=mask,
+        )
+
+
+class InstAPForGrounding(InstAPPreTrainedModel):
+    """Phrase grounding (METHOD §5): a 3-layer MLP on the fused [CLS] predicts a normalised (cx, cy, w, h) box.
+
+    Videos are grounded frame by frame: the caption is fused with each frame's tokens, giving one box per frame.
+    """
+
+    def __init__(self, config: InstAPConfig):
+        super().__init__(config)
+        self.instap = InstAPModel(config)
+        width, hidden = config.text_config.hidden_size, config.grounding_hidden_size
+        self.box_head = nn.Sequential(
+            nn.Linear(width, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 4)
+        )
+        self.post_init()
+
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        box_mask: torch.Tensor | None = None,
+        **kwargs,
+    ) -> InstAPForGroundingOutput:
+        r"""
+        Args:
+            boxes: `(batch, frames, 4)` target boxes, normalised (cx, cy, w, h); `(batch, 4)` for images.
+            box_mask: `(batch, frames)` which frames have a target box.
+        """
+        if pixel_values.ndim == 4:
+            pixel_values = pixel_values.unsqueeze(1)
+        batch_size, num_frames = pixel_values.shape[:2]
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        video_tokens = self.instap.vision_model(pixel_values).last_hidden_state
+        frames = num_frames // self.config.vision_config.tubelet_size
+        frame_tokens = video_tokens.reshape(batch_size * frames, -1, video_tokens.shape[-1])
+        text_states = self.instap.text_model(input_ids=input_ids, attention_mask=attention_mask, mode="text")
+        repeat = lambda x: x.repeat_interleave(frames, dim=0)  # noqa: E731 - one caption per frame
+        fused = self.instap.fuse(repeat(text_states.last_hidden_state), repeat(attention_mask), frame_tokens)
+        pred_boxes = self.box_head(fused.last_hidden_state[:, 0]).sigmoid().reshape(batch_size, frames, 4)
+        loss = loss_l1 = loss_giou = None
+        if boxes is not None:
+            if boxes.ndim == 2:
+                boxes = boxes.unsqueeze(1)
+            valid = None if box_mask is None else box_mask.reshape(-1).bool()
+            loss_l1, loss_giou = box_regression_loss(pred_boxes.reshape(-1, 4), boxes.reshape(-1, 4), valid=valid)
+            loss = loss_l1 + loss_giou
+        return InstAPForGroundingOutput(loss=loss, loss_l1=loss_l1, loss_giou=loss_giou, pred_boxes=pred_boxes)
+
+
+__all__ = [
+    "InstAPForGrounding",
+    "InstAPForMaskedVideoModeling",
+    "InstAPForPreTraining",
+    "InstAPModel",
+    "InstAPPreTrainedModel",
+    "InstAPTextModel",
+    "InstAPVisionModel",
+]
