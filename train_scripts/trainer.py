@@ -1,0 +1,169 @@
+"""`transformers.Trainer` subclasses for the two InstAP stages.
+
+Both trainers are thin: the model computes every loss term (see `InstAPForPreTraining`); the trainers
+
+- log each term and the temperatures as separate scalars, averaged over the logging window and over processes;
+- keep the teacher out of the optimizer (it never requires grad) and take biases, norms and temperatures out of
+  weight decay (METHOD §4 recipe);
+- skip a step whose loss is not finite (zero gradient, counted) and stop with `NonFiniteLossError` after
+  `max_consecutive_nonfinite` such steps in a row, before a broken checkpoint can be written;
+- (stage 2) evaluate with dual-encoder retrieval recall on a held-out split.
+"""
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import Trainer
+from transformers.utils import logging
+
+
+logger = logging.get_logger(__name__)
+
+STAGE2_LOSS_TERMS = ("rec", "vtc", "vtm", "mlm", "inst_vtc", "inst_vtm", "inst_mlm")
+STAGE1_LOSS_TERMS = ("rec",)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the loss stayed NaN/inf for too many consecutive steps."""
+
+
+def no_decay_parameter(name: str, parameter: torch.Tensor) -> bool:
+    """Biases, norms (1-D weights) and the temperatures are not decayed."""
+    return parameter.ndim <= 1 or name.endswith("temperature")
+
+
+class _InstAPTrainer(Trainer):
+    """Shared machinery: per-term logging, non-finite steps, decay groups."""
+
+    loss_terms: Sequence[str] = ()
+
+    def __init__(self, *args, max_consecutive_nonfinite: int = 10, **kwargs):
+        super().__init__(*args, **kwargs)
+        # The model returns per-batch means: Trainer must scale for gradient accumulation itself.
+        self.model_accepts_loss_kwargs = False
+        self.max_consecutive_nonfinite = max_consecutive_nonfinite
+        self.nonfinite_steps = 0
+        self._consecutive_nonfinite = 0
+        # Per term: running sum and count since the last log (counts differ: absent terms are not logged as 0).
+        self._term_sums = torch.zeros(len(self.loss_terms), dtype=torch.float64)
+        self._term_counts = torch.zeros(len(self.loss_terms), dtype=torch.float64)
+        self._last_temperatures: dict[str, float] = {}
+
+    def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
+        return [name for name, param in model.named_parameters() if not no_decay_parameter(name, param)]
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        loss = outputs.loss
+        if model.training:
+            loss = self._guard_nonfinite(model, loss)
+            self._record_terms(outputs)
+        return (loss, outputs) if return_outputs else loss
+
+    def _guard_nonfinite(self, model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
+        if torch.isfinite(loss.detach()).all():
+            self._consecutive_nonfinite = 0
+            return loss
+        self.nonfinite_steps += 1
+        self._consecutive_nonfinite += 1
+        if self._consecutive_nonfinite >= self.max_consecutive_nonfinite:
+            raise NonFiniteLossError(
+                f"The loss was not finite for {self._consecutive_nonfinite} consecutive steps (step "
+                f"{self.state.global_step}, {self.nonfinite_steps} in total); stopping before a broken checkpoint "
+                "is saved. Lower the learning rate, check the data, or raise max_consecutive_nonfinite."
+            )
+        logger.warning(
+            f"Non-finite loss at step {self.state.global_step}; the step contributes no gradient "
+            f"({self.nonfinite_steps} such steps so far)."
+        )
+        # A zero that still touches every trainable parameter, so DDP's reducer sees all of them.
+        return sum((param * 0.0).sum() for param in model.parameters() if param.requires_grad)
+
+    def _record_terms(self, outputs) -> None:
+        for index, name in enumerate(self.loss_terms):
+            value = outputs.get(f"loss_{name}")
+            if value is not None and torch.isfinite(value.detach()):
+                self._term_sums[index] += float(value.detach())
+                self._term_counts[index] += 1
+        for name in ("temperature", "instance_temperature"):
+            value = outputs.get(name)
+            if value is not None:
+                self._last_temperatures[name] = float(value)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log (evaluation logs carry eval_* keys)
+            sums, counts = self._term_sums.clone(), self._term_counts.clone()
+            if self.accelerator.num_processes > 1:
+                stacked = torch.stack([sums, counts]).to(self.accelerator.device)
+                stacked = self.accelerator.reduce(stacked, reduction="sum").cpu()
+                sums, counts = stacked[0], stacked[1]
+            for index, name in enumerate(self.loss_terms):
+                if counts[index] > 0:
+                    logs[f"loss_{name}"] = round(float(sums[index] / counts[index]), 4)
+            logs.update({name: round(value, 5) for name, value in self._last_temperatures.items()})
+            if self.nonfinite_steps:
+                logs["nonfinite_steps"] = self.nonfinite_steps
+            self._term_sums.zero_()
+            self._term_counts.zero_()
+        super().log(logs, start_time)
+
+
+class InstAPPretrainTrainer(_InstAPTrainer):
+    """Stage 1: masked video modelling with the frozen CLIP teacher (`InstAPForMaskedVideoModeling`)."""
+
+    loss_terms = STAGE1_LOSS_TERMS
+
+
+class InstAPAlignTrainer(_InstAPTrainer):
+    """Stage 2: instance-aware alignment (`InstAPForPreTraining`).
+
+    `evaluate` reports dual-encoder video↔text retrieval (R@1/5/10 both ways and mean recall) on the evaluation
+    dataset, whose batches are collated like training batches (global captions; instances are ignored).
+    """
+
+    loss_terms = STAGE2_LOSS_TERMS
+
+    @torch.no_grad()
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict[str, float]:
+        from instap_eval import video_text_retrieval_metrics
+
+        dataloader = self.get_eval_dataloader(eval_dataset)
+        model = self.accelerator.unwrap_model(self.model)
+        backbone = model.instap if hasattr(model, "instap") else model
+        was_training = backbone.training
+        backbone.eval()
+        video_embeds, text_embeds = [], []
+        for batch in dataloader:
+            batch = self._prepare_inputs(batch)
+            video = backbone.get_video_features(batch["pixel_values"]).pooler_output
+            text = backbone.get_text_features(batch["input_ids"], batch.get("attention_mask")).pooler_output
+            video_embeds.append(self.accelerator.gather_for_metrics(video).float().cpu())
+            text_embeds.append(self.accelerator.gather_for_metrics(text).float().cpu())
+        backbone.train(was_training)
+        if not video_embeds:
+            raise ValueError("The evaluation dataset yielded no batch.")
+        videos, texts = torch.cat(video_embeds), torch.cat(text_embeds)
+        # One caption per clip in the evaluation split: text i describes video i.
+        scores = videos @ texts.t()
+        retrieval = video_text_retrieval_metrics(scores, torch.arange(texts.shape[0]))
+        metrics = {
+            f"{metric_key_prefix}_{key}": value
+            for key, value in retrieval.items()
+            if not (isinstance(value, float) and math.isnan(value))
+        }
+        metrics[f"{metric_key_prefix}_num_pairs"] = texts.shape[0]
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+
+__all__ = [
+    "InstAPAlignTrainer",
+    "InstAPPretrainTrainer",
+    "NonFiniteLossError",
+    "STAGE1_LOSS_TERMS",
+    "STAGE2_LOSS_TERMS",
+    "no_decay_parameter",
+]
