@@ -72,7 +72,7 @@ def _as_tensor(array: torch.Tensor | np.ndarray) -> torch.Tensor:
 class _Matches:
     """The correct (query, candidate) pairs, read a chunk of query rows at a time.
 
-    Holds either a dense boolean matrix (possibly a transposed view, never copied) or the pairs as two index
+    Holds either a dense boolean matrix (kept on the CPU, possibly as a transposed view) or the pairs as two index
     vectors sorted by query, so that ground truth given as indices never becomes an N x M matrix.
     """
 
@@ -89,9 +89,8 @@ class _Matches:
         self.dense = dense
         if dense is None:
             # Drop duplicate pairs (an index listed twice), which would otherwise be counted twice in the ties.
-            pair_ids = torch.unique(
-                query_ids * num_candidates + candidate_ids
-            )  # sorted, hence sorted by query
+            # `unique` also sorts the flat ids, hence the pairs by query.
+            pair_ids = torch.unique(query_ids * num_candidates + candidate_ids)
             self.query_ids = pair_ids // num_candidates
             self.candidate_ids = pair_ids % num_candidates
             # offsets[q] is where the pairs of query q start.
@@ -165,7 +164,10 @@ def _ranks_of_rows(
 ) -> torch.Tensor:
     """Best-match ranks of all rows of ``scores`` (which may be a transposed view), chunk by chunk."""
     num_queries, num_candidates = scores.shape
-    chunk_size = chunk_size or _default_chunk_size(num_candidates)
+    if chunk_size is None:
+        chunk_size = _default_chunk_size(num_candidates)
+    elif chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be a positive number of rows, got {chunk_size}.")
     ranks = torch.empty(num_queries, dtype=torch.long)
     for start in range(0, num_queries, chunk_size):
         end = min(start + chunk_size, num_queries)

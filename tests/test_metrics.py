@@ -294,6 +294,8 @@ def test_retrieval_input_errors():
         retrieval_ranks(scores, torch.ones(3, 4))
     with pytest.raises(ValueError, match="NaN"):
         retrieval_ranks(torch.tensor([[0.1, float("nan")]]), [0])
+    with pytest.raises(ValueError, match="chunk_size"):
+        retrieval_ranks(scores, [0, 1, 2], chunk_size=0)
     with pytest.raises(ValueError, match="ties"):
         retrieval_ranks(scores, [0, 1, 2], ties="mean")
     with pytest.raises(ValueError, match="non-empty"):
