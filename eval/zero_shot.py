@@ -1,0 +1,215 @@
+# Copyright 2026 The InstAP Authors. Licensed under the Apache License, Version 2.0.
+"""Zero-shot video-text and instance retrieval with matching-head re-ranking (METHOD §5, UMT `retrieval_utils`).
+
+1. Dual encoder: every text and every video is embedded once; `scores[v, t]` = cosine similarity (frame-averaged
+   for videos, see `InstAPModel.get_video_features`). The score matrix is built in chunks.
+2. Re-ranking: for each query, its top-k candidates are scored by the matching head on fused pairs (the positive
+   logit); every other candidate gets -100. Text→video and video→text are re-ranked separately, as in UMT.
+
+Memory stays bounded: video tokens (the fusion context, the big tensors) are never held for the whole split. The
+second pass walks the videos in chunks, re-encodes each chunk (or reuses a chunk cache within a byte budget) and
+scores every pair of either direction's top-k lists that involves those videos, in fusion batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+
+import torch
+
+from .retrieval import video_text_retrieval_metrics
+
+__all__ = [
+    "EncodedTexts",
+    "RetrievalResult",
+    "encode_texts",
+    "encode_videos",
+    "rerank_with_matching_head",
+    "similarity_in_chunks",
+    "zero_shot_retrieval",
+]
+
+RERANK_FLOOR = -100.0  # UMT's score for candidates outside the top k
+
+
+@dataclass
+class EncodedTexts:
+    """Text-side tensors needed for both scoring stages: embeddings, text-layer states and their masks."""
+
+    embeds: torch.Tensor  # (num_texts, projection_dim), normalised
+    hidden_states: torch.Tensor  # (num_texts, length, text_width), output of the text layers
+    attention_mask: torch.Tensor  # (num_texts, length)
+
+
+@dataclass
+class RetrievalResult:
+    """Both score matrices and both metric sets (`dual` = dual encoder only, `rerank` = matching head)."""
+
+    scores_dual: torch.Tensor
+    scores_rerank_v2t: torch.Tensor | None
+    scores_rerank_t2v: torch.Tensor | None
+    metrics_dual: dict[str, float]
+    metrics_rerank: dict[str, float] | None
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def _backbone(model):
+    return model.instap if hasattr(model, "instap") else model
+
+
+@torch.no_grad()
+def encode_texts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 256) -> EncodedTexts:
+    """Embed all captions with the text layers (mode "text"), in batches."""
+    backbone = _backbone(model)
+    device = next(backbone.parameters()).device
+    embeds, states = [], []
+    for start in range(0, input_ids.shape[0], batch_size):
+        ids = input_ids[start : start + batch_size].to(device)
+        mask = attention_mask[start : start + batch_size].to(device)
+        out = backbone.get_text_features(ids, mask)
+        embeds.append(out.pooler_output.float().cpu())
+        states.append(out.last_hidden_state.cpu())
+    return EncodedTexts(torch.cat(embeds), torch.cat(states), attention_mask.cpu())
+
+
+@torch.no_grad()
+def encode_videos(
+    model, video_batches: Iterable[torch.Tensor], keep_tokens: bool = False
+) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    """Embed videos given as an iterable of `pixel_values` batches; optionally keep each batch's tokens (on CPU)."""
+    backbone = _backbone(model)
+    device = next(backbone.parameters()).device
+    embeds, tokens = [], [] if keep_tokens else None
+    for pixel_values in video_batches:
+        out = backbone.get_video_features(pixel_values.to(device))
+        embeds.append(out.pooler_output.float().cpu())
+        if keep_tokens:
+            tokens.append(out.last_hidden_state.cpu())
+    if not embeds:
+        raise ValueError("No video batch to encode.")
+    return torch.cat(embeds), tokens
+
+
+def similarity_in_chunks(video_embeds: torch.Tensor, text_embeds: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
+    """`(num_videos, num_texts)` dot products, computed `chunk` videos at a time."""
+    rows = [video_embeds[start : start + chunk] @ text_embeds.t() for start in range(0, video_embeds.shape[0], chunk)]
+    return torch.cat(rows)
+
+
+@torch.no_grad()
+def rerank_with_matching_head(
+    model,
+    scores: torch.Tensor,
+    texts: EncodedTexts,
+    video_token_batches: Callable[[], Iterator[torch.Tensor]],
+    k: int = 128,
+    fusion_batch_size: int = 256,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Re-rank the top `k` of each query by the matching head's positive logit (UMT `itm` re-ranking).
+
+    Args:
+        scores: `(num_videos, num_texts)` dual-encoder scores.
+        texts: the encoded captions.
+        video_token_batches: a callable returning a fresh iterator over the videos' token tensors
+            `(batch, tokens, width)` in the order of `scores`' rows (re-encoding on the fly keeps memory bounded).
+        k: candidates re-ranked per query (`k_test`, 128 in UMT/InstAP).
+
+    Returns:
+        `(scores_v2t, scores_t2v)`, both `(num_videos, num_texts)`: matching-head scores on each direction's top-k
+        pairs and -100 elsewhere.
+    """
+    backbone = _backbone(model)
+    device = next(backbone.parameters()).device
+    num_videos, num_texts = scores.shape
+    k_v2t, k_t2v = min(k, num_texts), min(k, num_videos)
+    top_texts = scores.topk(k_v2t, dim=1).indices  # (num_videos, k): texts re-ranked for each video query
+    top_videos = scores.t().topk(k_t2v, dim=1).indices  # (num_texts, k): videos re-ranked for each text query
+    v2t = torch.full_like(scores, RERANK_FLOOR)
+    t2v = torch.full_like(scores, RERANK_FLOOR)
+    # Pairs of the text->video direction, grouped by video so each video's tokens are needed once.
+    t2v_pairs_video = top_videos.reshape(-1)
+    t2v_pairs_text = torch.arange(num_texts).repeat_interleave(k_t2v)
+    order = torch.argsort(t2v_pairs_video, stable=True)
+    t2v_pairs_video, t2v_pairs_text = t2v_pairs_video[order], t2v_pairs_text[order]
+
+    offset = 0
+    for tokens in video_token_batches():
+        chunk = torch.arange(offset, offset + tokens.shape[0])
+        offset += tokens.shape[0]
+        # (video, text) pairs of both directions whose video lies in this chunk.
+        v2t_videos = chunk.repeat_interleave(k_v2t)
+        v2t_texts = top_texts[chunk].reshape(-1)
+        lo, hi = torch.searchsorted(t2v_pairs_video, torch.tensor([chunk[0], chunk[-1] + 1]))
+        pair_videos = torch.cat([v2t_videos, t2v_pairs_video[lo:hi]])
+        pair_texts = torch.cat([v2t_texts, t2v_pairs_text[lo:hi]])
+        direction = torch.cat([torch.zeros(v2t_videos.numel(), dtype=torch.bool), torch.ones(hi - lo, dtype=torch.bool)])
+        for start in range(0, pair_videos.numel(), fusion_batch_size):
+            sl = slice(start, start + fusion_batch_size)
+            videos, text_index = pair_videos[sl], pair_texts[sl]
+            logits = backbone.match_score(
+                tokens[videos - chunk[0]].to(device),
+                texts.hidden_states[text_index].to(device),
+                texts.attention_mask[text_index].to(device),
+            )
+            positive = logits[:, 1].float().cpu()
+            is_t2v = direction[sl]
+            v2t[videos[~is_t2v], text_index[~is_t2v]] = positive[~is_t2v]
+            t2v[videos[is_t2v], text_index[is_t2v]] = positive[is_t2v]
+    if offset != num_videos:
+        raise ValueError(f"video_token_batches yielded {offset} videos, the score matrix has {num_videos}.")
+    return v2t, t2v
+
+
+def zero_shot_retrieval(
+    model,
+    video_batches: Callable[[], Iterator[torch.Tensor]],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    text_to_video,
+    k: int = 128,
+    rerank: bool = True,
+    text_batch_size: int = 256,
+    fusion_batch_size: int = 256,
+) -> RetrievalResult:
+    """Global video-text retrieval: dual-encoder scores, then matching-head re-ranking of the top `k`.
+
+    Args:
+        video_batches: callable returning a fresh iterator of `pixel_values` batches, in a fixed order; called once
+            for the embeddings and, with `rerank`, once more for the fusion context.
+        input_ids, attention_mask: all captions, tokenised.
+        text_to_video: ground truth as accepted by `video_text_retrieval_metrics` (e.g. the video index of each
+            caption; several captions may share a video).
+    """
+    import time
+
+    model_was_training = _backbone(model).training
+    _backbone(model).eval()
+    timings = {}
+    start = time.perf_counter()
+    texts = encode_texts(model, input_ids, attention_mask, batch_size=text_batch_size)
+    video_embeds, _ = encode_videos(model, video_batches())
+    scores = similarity_in_chunks(video_embeds, texts.embeds)
+    timings["dual_encoder_s"] = time.perf_counter() - start
+    metrics_dual = video_text_retrieval_metrics(scores, text_to_video)
+    v2t = t2v = metrics_rerank = None
+    if rerank:
+        start = time.perf_counter()
+
+        def token_batches():
+            backbone = _backbone(model)
+            device = next(backbone.parameters()).device
+            # Runs inside `rerank_with_matching_head`, which is under no_grad.
+            for pixel_values in video_batches():
+                yield backbone.vision_model(pixel_values.to(device)).last_hidden_state
+
+        v2t, t2v = rerank_with_matching_head(model, scores, texts, token_batches, k=k, fusion_batch_size=fusion_batch_size)
+        timings["rerank_s"] = time.perf_counter() - start
+        rerank_v2t = video_text_retrieval_metrics(v2t, text_to_video)
+        rerank_t2v = video_text_retrieval_metrics(t2v, text_to_video)
+        # Each direction is read from its own re-ranked matrix.
+        metrics_rerank = {key: value for key, value in rerank_t2v.items() if key.startswith("t2v_")}
+        metrics_rerank.update({key: value for key, value in rerank_v2t.items() if key.startswith("v2t_")})
+        metrics_rerank["r_mean"] = (metrics_rerank["t2v_r_mean"] + metrics_rerank["v2t_r_mean"]) / 2
+    _backbone(model).train(model_was_training)
+    return RetrievalResult(scores, v2t, t2v, metrics_dual, metrics_rerank, timings)

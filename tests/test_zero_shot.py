@@ -1,0 +1,91 @@
+"""Zero-shot retrieval with matching-head re-ranking against a brute-force reference."""
+
+import pytest
+import torch
+
+from instap_eval.zero_shot import RERANK_FLOOR, zero_shot_retrieval
+from modeling_instap import InstAPConfig, InstAPModel
+
+
+@pytest.fixture(scope="module")
+def model_and_data():
+    torch.manual_seed(0)
+    model = InstAPModel(InstAPConfig.from_preset("tiny")).eval()
+    videos = torch.randn(6, 2, 3, 32, 32)
+    input_ids = torch.randint(4, 512, (7, 9))
+    input_ids[:, 0] = 1
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[3, 6:] = 0
+    text_to_video = torch.tensor([0, 1, 2, 3, 4, 5, 2])  # two captions for video 2
+    return model, videos, input_ids, attention_mask, text_to_video
+
+
+def batches_of(videos, size):
+    return lambda: iter(videos.split(size))
+
+
+def brute_force(model, videos, input_ids, attention_mask, k):
+    """Dense reference: fuse every (video, text) pair, keep the matching logit on each direction's top k."""
+    with torch.no_grad():
+        video = model.get_video_features(videos)
+        text = model.get_text_features(input_ids, attention_mask)
+        tokens = model.vision_model(videos).last_hidden_state
+        scores = video.pooler_output @ text.pooler_output.t()
+        full = torch.empty_like(scores)
+        for v in range(scores.shape[0]):
+            for t in range(scores.shape[1]):
+                logits = model.match_score(tokens[v : v + 1], text.last_hidden_state[t : t + 1], attention_mask[t : t + 1])
+                full[v, t] = logits[0, 1]
+    v2t = torch.full_like(scores, RERANK_FLOOR)
+    t2v = torch.full_like(scores, RERANK_FLOOR)
+    for v, texts in enumerate(scores.topk(k, dim=1).indices):
+        v2t[v, texts] = full[v, texts]
+    for t, vids in enumerate(scores.t().topk(k, dim=1).indices):
+        t2v[vids, t] = full[vids, t]
+    return scores, v2t, t2v
+
+
+def test_rerank_matches_brute_force(model_and_data):
+    model, videos, input_ids, attention_mask, text_to_video = model_and_data
+    result = zero_shot_retrieval(
+        model, batches_of(videos, 4), input_ids, attention_mask, text_to_video, k=3, fusion_batch_size=5
+    )
+    scores, v2t, t2v = brute_force(model, videos, input_ids, attention_mask, k=3)
+    torch.testing.assert_close(result.scores_dual, scores, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(result.scores_rerank_v2t, v2t, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(result.scores_rerank_t2v, t2v, rtol=1e-4, atol=1e-4)
+    # Exactly k re-ranked entries per query in each direction.
+    assert ((result.scores_rerank_v2t != RERANK_FLOOR).sum(dim=1) == 3).all()
+    assert ((result.scores_rerank_t2v != RERANK_FLOOR).sum(dim=0) == 3).all()
+    for metrics in (result.metrics_dual, result.metrics_rerank):
+        assert set(metrics) >= {"t2v_r1", "v2t_r1", "r_mean"}
+        assert 0.0 <= metrics["r_mean"] <= 100.0
+
+
+def test_chunking_does_not_change_results(model_and_data):
+    model, videos, input_ids, attention_mask, text_to_video = model_and_data
+    one = zero_shot_retrieval(model, batches_of(videos, 1), input_ids, attention_mask, text_to_video, k=4)
+    all_ = zero_shot_retrieval(model, batches_of(videos, 6), input_ids, attention_mask, text_to_video, k=4)
+    torch.testing.assert_close(one.scores_rerank_t2v, all_.scores_rerank_t2v, rtol=1e-4, atol=1e-4)
+    assert one.metrics_rerank == pytest.approx(all_.metrics_rerank)
+
+
+def test_k_covering_all_candidates_scores_every_pair(model_and_data):
+    """With k >= every candidate count both directions fuse all pairs, so the two re-ranked matrices agree."""
+    model, videos, input_ids, attention_mask, text_to_video = model_and_data
+    result = zero_shot_retrieval(model, batches_of(videos, 3), input_ids, attention_mask, text_to_video, k=100)
+    assert (result.scores_rerank_v2t != RERANK_FLOOR).all()
+    torch.testing.assert_close(result.scores_rerank_v2t, result.scores_rerank_t2v)
+
+
+def test_wrong_video_count_is_an_error(model_and_data):
+    model, videos, input_ids, attention_mask, text_to_video = model_and_data
+    calls = {"n": 0}
+
+    def shrinking_batches():
+        calls["n"] += 1
+        # The second pass (re-ranking) yields one video fewer than the first: must not pass silently.
+        return iter(videos.split(3) if calls["n"] == 1 else videos[:5].split(3))
+
+    with pytest.raises(ValueError, match="yielded 5 videos"):
+        zero_shot_retrieval(model, shrinking_batches, input_ids, attention_mask, text_to_video, k=2)
