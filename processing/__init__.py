@@ -1,0 +1,79 @@
+"""InstAP processing and data: decoding, the video processor, the processor, instance crops, and InstVL data.
+
+Installed as the import package `instap_processing` (the source folder is `processing/`).
+
+Main entry points:
+
+- [`InstAPVideoProcessor`], [`InstAPProcessor`]: the transformers processors (`save_pretrained`/`from_pretrained`).
+- [`decode_video`], [`decode_image`]: PyAV/PIL decoding of only the sampled frames.
+- [`load_instvl`], [`INSTVL_FEATURES`]: InstVL records from the Hub, Parquet/WebDataset shards or JSON(L).
+- [`InstVLIterableDataset`], [`InstVLMapDataset`], [`MediaTypeBatchSampler`], [`InstAPDataCollator`]: decoding in
+  DataLoader workers and batches of one media type in the model's batch contract.
+- `instap_processing.synthetic`: a synthetic InstVL with real encoded media (`python -m instap_processing.synthetic`).
+"""
+
+from .captions import caption_offset, select_caption_sentence, split_sentences, swap_left_right
+from .crops import boxes_at_frames, clip_boxes, crop_instances, expand_small_boxes
+from .decoding import DecodedVideo, decode_image, decode_media, decode_video
+from .errors import BAD_SAMPLE_REASONS, InstVLSampleError, TooManyBadSamplesError
+from .geometry import FrameTransform, get_frame_transform
+from .processing_instap import InstAPProcessor
+from .records import (
+    InstVLInstance,
+    InstVLRecord,
+    parse_record,
+    stable_source_id,
+    validate_instances_against_media,
+)
+from .sampling import sample_frame_indices
+from .video_processing_instap import InstAPVideoProcessor, InstAPVideosKwargs
+
+__all__ = [
+    "BAD_SAMPLE_REASONS",
+    "DecodedVideo",
+    "FrameTransform",
+    "InstAPProcessor",
+    "InstAPVideoProcessor",
+    "InstAPVideosKwargs",
+    "InstVLInstance",
+    "InstVLRecord",
+    "InstVLSampleError",
+    "TooManyBadSamplesError",
+    "boxes_at_frames",
+    "caption_offset",
+    "clip_boxes",
+    "crop_instances",
+    "decode_image",
+    "decode_media",
+    "decode_video",
+    "expand_small_boxes",
+    "get_frame_transform",
+    "parse_record",
+    "register_auto_classes",
+    "sample_frame_indices",
+    "select_caption_sentence",
+    "split_sentences",
+    "stable_source_id",
+    "swap_left_right",
+    "validate_instances_against_media",
+]
+
+
+def register_auto_classes() -> bool:
+    """Registers the processors with `AutoVideoProcessor`/`AutoProcessor` against `InstAPConfig`.
+
+    Returns `False` (and does nothing) when `modeling_instap.configuration_instap.InstAPConfig` cannot be imported,
+    e.g. while the model package is not there yet; `InstAPVideoProcessor.from_pretrained` works either way.
+    """
+    try:
+        from modeling_instap.configuration_instap import InstAPConfig
+    except ImportError:
+        return False
+    from transformers import AutoProcessor, AutoVideoProcessor
+
+    AutoVideoProcessor.register(InstAPConfig, InstAPVideoProcessor, exist_ok=True)
+    AutoProcessor.register(InstAPConfig, InstAPProcessor, exist_ok=True)
+    return True
+
+
+register_auto_classes()

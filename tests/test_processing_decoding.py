@@ -1,0 +1,230 @@
+"""Decoding with PyAV/PIL: sources, sampled frames only, seeking, VFR, rotation, short videos, bad media."""
+
+import io
+
+import av
+import numpy as np
+import pytest
+import torch
+from media_utils import frame_index_of, indexed_frames, write_image, write_video
+
+from instap_processing.decoding import decode_image, decode_media, decode_video
+from instap_processing.errors import InstVLSampleError
+from instap_processing.sampling import sample_frame_indices
+
+
+@pytest.fixture(scope="module")
+def video_40(tmp_path_factory):
+    """40 frames, keyframe every 4 frames, with B-frames (libx264 default)."""
+    path = tmp_path_factory.mktemp("media") / "clip.mp4"
+    data = write_video(indexed_frames(40), path, gop_size=4)
+    return path, data
+
+
+def decoded_indices(decoded) -> list[int]:
+    return [frame_index_of(frame.numpy()) for frame in decoded.frames]
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Sampling
+
+
+def test_middle_sampling_matches_segment_middles():
+    assert sample_frame_indices(32, 16, "middle") == list(range(1, 32, 2))
+    assert sample_frame_indices(16, 16, "middle") == list(range(16))
+    assert sample_frame_indices(100, 4, "middle") == [12, 37, 62, 87]
+
+
+def test_rand_sampling_takes_one_frame_per_segment_and_is_seedable():
+    generator = torch.Generator().manual_seed(0)
+    draws = [sample_frame_indices(100, 4, "rand", generator) for _ in range(50)]
+    for indices in draws:
+        for segment, index in enumerate(indices):
+            assert 25 * segment <= index < 25 * (segment + 1)
+    assert len({tuple(d) for d in draws}) > 40  # random, not constant
+    again = [sample_frame_indices(100, 4, "rand", torch.Generator().manual_seed(0)) for _ in range(1)]
+    assert again[0] == draws[0]
+
+
+def test_short_video_repeats_frames_in_order():
+    indices = sample_frame_indices(3, 8, "middle")
+    assert len(indices) == 8 and indices == sorted(indices) and set(indices) == {0, 1, 2}
+    assert sample_frame_indices(1, 4, "rand") == [0, 0, 0, 0]
+
+
+def test_sampling_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        sample_frame_indices(0, 4)
+    with pytest.raises(ValueError):
+        sample_frame_indices(10, 4, "uniform")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Decoding
+
+
+@pytest.mark.parametrize("source_kind", ["path", "str", "bytes", "file"])
+def test_decode_from_every_source_kind(video_40, source_kind):
+    path, data = video_40
+    source = {"path": path, "str": str(path), "bytes": data, "file": io.BytesIO(data)}[source_kind]
+    decoded = decode_video(source, num_frames=8)
+    assert decoded.frames.shape == (8, 3, 48, 64) and decoded.frames.dtype == torch.uint8
+    assert decoded.frame_indices == sample_frame_indices(40, 8, "middle")
+    assert decoded_indices(decoded) == decoded.frame_indices
+    assert decoded.total_num_frames == 40 and decoded.fps == pytest.approx(10.0)
+    assert not decoded.repeated_frames
+
+
+@pytest.mark.parametrize("indices", [[0, 5, 9, 17, 33, 39], [39, 0, 16, 16], [8, 9, 10, 24], list(range(40))])
+def test_seeking_returns_exactly_the_requested_frames(video_40, indices):
+    decoded = decode_video(video_40[1], frame_indices=indices)
+    assert decoded_indices(decoded) == indices
+
+
+def test_only_needed_frames_are_decoded(video_40, monkeypatch):
+    """Frames after the last needed one are never decoded, and seeking skips whole GOPs."""
+    decoded_counter = {"frames": 0}
+    original_decode = av.container.InputContainer.decode
+
+    def counting_decode(self, *args, **kwargs):
+        for frame in original_decode(self, *args, **kwargs):
+            decoded_counter["frames"] += 1
+            yield frame
+
+    monkeypatch.setattr(av.container.InputContainer, "decode", counting_decode)
+    decode_video(video_40[1], frame_indices=[1, 30])
+    # Frame 1 (GOP 0) and frame 30 (GOP 7 starts at 28): about 2 + 3 frames (+ decoder delay), not 31.
+    assert decoded_counter["frames"] <= 12
+
+
+def test_variable_frame_rate_counts_frames_not_time():
+    # Alternating 50 ms and 150 ms gaps: sampling by time would pick other frames than sampling by index.
+    pts = np.cumsum([0] + [50 if i % 2 else 150 for i in range(29)])
+    data = write_video(indexed_frames(30), pts_ms=pts.tolist())
+    decoded = decode_video(data, frame_indices=[0, 7, 15, 29])
+    assert decoded_indices(decoded) == [0, 7, 15, 29]
+    assert decoded.timestamps == pytest.approx([pts[i] / 1000 for i in [0, 7, 15, 29]], abs=1e-3)
+
+
+@pytest.mark.parametrize("rotation", [90, -90, 180])
+def test_rotation_metadata_is_applied(rotation):
+    frames = np.zeros((3, 48, 64, 3), dtype=np.uint8)
+    frames[:, :16, :16] = 255  # white square in the top-left corner of the stored frame
+    decoded = decode_video(write_video(frames, rotation=rotation, gop_size=1), num_frames=3)
+    expected = np.rot90(frames[0], k=rotation // 90)
+    image = decoded.frames[0].permute(1, 2, 0).numpy()
+    assert image.shape == expected.shape
+    assert decoded.rotation == rotation
+    assert np.abs(image.astype(int) - expected.astype(int)).mean() < 8
+
+
+def test_short_video_repeats_frames_and_says_so():
+    decoded = decode_video(write_video(indexed_frames(3)), num_frames=8)
+    assert decoded.frames.shape[0] == 8 and decoded.repeated_frames
+    assert decoded_indices(decoded) == decoded.frame_indices == sample_frame_indices(3, 8)
+    assert decoded.to_video_metadata().frames_indices == decoded.frame_indices
+
+
+def test_decode_all_frames_when_nothing_is_sampled():
+    decoded = decode_video(write_video(indexed_frames(6)))
+    assert decoded_indices(decoded) == list(range(6))
+
+
+def test_mpeg4_and_webm_containers_decode():
+    for codec, container_format in [("mpeg4", "mp4"), ("libvpx-vp9", "webm")]:
+        data = write_video(indexed_frames(10), codec=codec, container_format=container_format)
+        assert decoded_indices(decode_video(data, frame_indices=[2, 7])) == [2, 7]
+
+
+@pytest.mark.parametrize("image_format", ["JPEG", "PNG"])
+def test_decode_image_is_one_frame(image_format):
+    array = np.zeros((20, 30, 3), dtype=np.uint8)
+    array[:, :10, 0] = 200
+    decoded = decode_media(write_image(array, image_format=image_format), "image", num_frames=16)
+    assert decoded.frames.shape == (1, 3, 20, 30) and decoded.media_type == "image"
+    assert (
+        decoded.frames[0, 0, :, :10].float().mean() > 150 and decoded.frames[0, 0, :, 20:].float().mean() < 50
+    )
+
+
+def test_image_exif_orientation_is_applied():
+    array = np.zeros((20, 30, 3), dtype=np.uint8)
+    decoded = decode_image(write_image(array, exif_orientation=6))  # rotate 90° clockwise for display
+    assert decoded.frames.shape == (1, 3, 30, 20)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Bad media: each gives an InstVLSampleError naming the sample and the reason
+
+
+def expect_error(reason, function, *args, **kwargs):
+    with pytest.raises(InstVLSampleError) as info:
+        function(*args, sample_id="sample-7", **kwargs)
+    assert info.value.reason == reason
+    assert "sample-7" in str(info.value) and "media" in str(info.value)
+    return info.value
+
+
+def test_garbage_bytes(video_40):
+    expect_error("corrupt_media", decode_video, b"this is not a video" * 20, num_frames=4)
+    expect_error("corrupt_media", decode_video, b"", num_frames=4)
+
+
+def test_truncated_video(video_40):
+    expect_error("corrupt_media", decode_video, video_40[1][: len(video_40[1]) // 2], num_frames=4)
+
+
+def test_truncated_faststart_video_fails_cleanly(tmp_path):
+    # With the index ("moov") first, a cut-off file still opens and lists frames whose data is missing.
+    path = tmp_path / "faststart.mp4"
+    container = av.open(str(path), mode="w", format="mp4", options={"movflags": "faststart"})
+    stream = container.add_stream("libx264", rate=10)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    for frame in indexed_frames(20):
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    data = path.read_bytes()
+    with pytest.raises(InstVLSampleError) as info:
+        decode_video(data[: len(data) // 2], num_frames=4, sample_id="x")
+    assert info.value.reason in ("corrupt_media", "zero_frames")
+
+
+def test_missing_file(tmp_path):
+    expect_error("missing_file", decode_video, tmp_path / "nope.mp4", num_frames=4)
+    expect_error("missing_file", decode_image, str(tmp_path / "nope.jpg"))
+
+
+def test_zero_frames():
+    # An MP4 holding only an audio track: a container without a video frame.
+    buffer = io.BytesIO()
+    container = av.open(buffer, mode="w", format="mp4")
+    stream = container.add_stream("aac", rate=16000)
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+    frame.sample_rate = 16000
+    for packet in stream.encode(frame):
+        container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+    expect_error("zero_frames", decode_video, buffer.getvalue(), num_frames=4)
+
+
+def test_unsupported_codec(video_40):
+    # Rewrite the sample entry of the H.264 track to a codec tag FFmpeg does not know.
+    data = video_40[1].replace(b"avc1", b"zzzz")
+    expect_error("unsupported_codec", decode_video, data, num_frames=4)
+
+
+def test_corrupt_and_truncated_images():
+    jpeg = write_image(np.full((40, 40, 3), 128, dtype=np.uint8))
+    expect_error("corrupt_media", decode_image, b"\xff\xd8\xff garbage")
+    expect_error("corrupt_media", decode_image, jpeg[: len(jpeg) // 2])
+    expect_error("corrupt_media", decode_image, b"")
+
+
+def test_frame_indices_beyond_the_video(video_40):
+    error = expect_error("frame_index_out_of_range", decode_video, video_40[1], frame_indices=[3, 40])
+    assert "40" in str(error)
