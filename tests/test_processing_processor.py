@@ -1,0 +1,232 @@
+"""InstAPProcessor: the batch contract, instance crops from trajectories, caption sub-sampling, save/load."""
+
+import numpy as np
+import pytest
+import torch
+from media_utils import make_tiny_tokenizer, write_video
+
+from instap_processing import (
+    InstAPProcessor,
+    InstAPVideoProcessor,
+    InstVLSampleError,
+    caption_offset,
+    register_auto_classes,
+    split_sentences,
+    stable_source_id,
+    swap_left_right,
+)
+from instap_processing.synthetic import COLOURS, SyntheticConfig, generate_record
+
+CONTRACT_KEYS = {
+    "pixel_values",
+    "input_ids",
+    "attention_mask",
+    "source_ids",
+    "instance_pixel_values",
+    "instance_input_ids",
+    "instance_attention_mask",
+    "instance_sample_index",
+    "instance_source_id",
+}
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tmp_path_factory):
+    return make_tiny_tokenizer(tmp_path_factory.mktemp("tokenizer"))
+
+
+@pytest.fixture
+def processor(tokenizer):
+    video_processor = InstAPVideoProcessor(size={"height": 32, "width": 32}, num_frames=4, patch_size=8)
+    return InstAPProcessor(video_processor, tokenizer, max_length=16)
+
+
+@pytest.fixture(scope="module")
+def moving_red_square():
+    """A black 12-frame video where a red 12x12 square moves right by 3 px per frame; boxes known at even frames."""
+    frames = np.zeros((12, 48, 64, 3), dtype=np.uint8)
+    boxes = []
+    for t in range(12):
+        x = 4 + 3 * t
+        frames[t, 20:32, x : x + 12] = (230, 20, 20)
+        boxes.append([x, 20, x + 12, 32])
+    known = [0, 2, 4, 6, 8, 10]
+    instance = {
+        "caption": "a red square moving right.",
+        "frame_index": known,
+        "boxes": [boxes[t] for t in known],
+    }
+    return write_video(frames, gop_size=4), instance
+
+
+def test_batch_contract(processor, moving_red_square, tokenizer):
+    video, instance = moving_red_square
+    blue = {"caption": "a blue circle.", "frame_index": [0], "boxes": [[0, 0, 10, 10]]}
+    batch = processor(
+        videos=[video, video, video],
+        text=["a scene. with a square.", "a red square", "a blue circle on the left"],
+        instances=[[instance, blue], [], [instance]],
+        sample_ids=["a", "b", "c"],
+    )
+    assert set(batch) == CONTRACT_KEYS
+    assert batch["pixel_values"].shape == (3, 4, 3, 32, 32) and batch["pixel_values"].dtype == torch.float32
+    assert batch["input_ids"].shape == batch["attention_mask"].shape == (3, 16)
+    assert batch["instance_pixel_values"].shape == (3, 4, 3, 32, 32)
+    assert batch["instance_input_ids"].shape == batch["instance_attention_mask"].shape == (3, 16)
+    for key in CONTRACT_KEYS - {"pixel_values", "instance_pixel_values"}:
+        assert batch[key].dtype == torch.long, key
+    assert batch["instance_sample_index"].tolist() == [0, 0, 2]
+    assert batch["source_ids"].tolist() == [stable_source_id(i) for i in "abc"]
+    assert (batch["source_ids"] >= 0).all()
+    torch.testing.assert_close(
+        batch["instance_source_id"], batch["source_ids"][batch["instance_sample_index"]]
+    )
+    assert (batch["input_ids"][:, 0] == tokenizer.cls_token_id).all()
+    lengths = batch["attention_mask"].sum(1)
+    assert all(batch["input_ids"][i, lengths[i] - 1] == tokenizer.sep_token_id for i in range(3))
+    assert (batch["input_ids"][batch["attention_mask"] == 0] == tokenizer.pad_token_id).all()
+    assert not any(isinstance(value, str) for value in batch.values())
+
+
+def test_no_instances_means_no_instance_keys(processor, moving_red_square):
+    video, _ = moving_red_square
+    for instances in (None, [[], []]):
+        batch = processor(videos=[video, video], text=["a", "b"], instances=instances, sample_ids=["x", "y"])
+        assert not any(key.startswith("instance_") for key in batch)
+        assert {"pixel_values", "input_ids", "attention_mask", "source_ids"} <= set(batch)
+
+
+def test_source_ids_are_stable_63_bit_hashes():
+    assert stable_source_id("sample-1") == stable_source_id("sample-1")
+    assert stable_source_id("sample-1") != stable_source_id("sample-2")
+    ids = [stable_source_id(f"s{i}") for i in range(1000)]
+    assert all(0 <= value < 2**63 for value in ids) and len(set(ids)) == 1000
+
+
+def test_trajectory_crops_follow_the_object(processor, moving_red_square):
+    video, instance = moving_red_square
+    processor.video_processor.num_frames = 6
+    batch = processor(
+        videos=[video], text=["x"], instances=[[instance]], sample_ids=["s"], do_normalize=False
+    )
+    crops = batch["instance_pixel_values"][0]  # (T, 3, 32, 32), values in [0, 1]
+    red = crops[:, 0] - crops[:, 1:].mean(1)
+    # Sampled frames 1, 3, ..., 11 take the box of frames 0, 2, ..., 10 (3 px behind): most of each crop is red.
+    # Taking any single box for the whole clip would leave the square out of the crops of far frames.
+    assert (red.mean(dim=(1, 2)) > 0.45).all(), red.mean(dim=(1, 2))
+
+
+def test_synthetic_record_crops_show_the_instance_colour(processor):
+    record = generate_record("video_1k", 3, SyntheticConfig(image_size=64))
+    processor.video_processor.size = {"height": 64, "width": 64}
+    batch = processor(
+        videos=[record["media"]],
+        text=[record["caption"]],
+        instances=[record["instances"]],
+        sample_ids=[record["id"]],
+        do_normalize=False,
+    )
+    for crop, instance in zip(batch["instance_pixel_values"], record["instances"]):
+        colour = next(name for name in COLOURS if f" {name} " in f" {instance['caption']} ")
+        target = torch.tensor(COLOURS[colour], dtype=torch.float32) / 255
+        centre = crop[:, :, 12:20, 12:20].mean(dim=(0, 2, 3))  # middle of the crop, averaged over frames
+        assert torch.linalg.vector_norm(centre - target) < 0.35, (instance["caption"], centre, target)
+
+
+def test_image_batch(processor):
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    image[10:30, 10:30] = 255
+    batch = processor(
+        images=[image, image],
+        text=["a", "b"],
+        instances=[[{"caption": "a white square", "boxes": [[10, 10, 30, 30]]}], []],
+        sample_ids=["i1", "i2"],
+        do_normalize=False,
+    )
+    assert batch["pixel_values"].shape == (2, 1, 3, 32, 32)
+    assert batch["instance_pixel_values"].shape == (1, 1, 3, 32, 32)
+    assert batch["instance_pixel_values"][0, 0, :, 4:28, 4:28].min() > 0.9
+
+
+def test_instances_outside_the_view_are_dropped(processor):
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    outside = {"caption": "gone", "boxes": [[50, 50, 60, 60]]}
+    batch = processor(images=[image], text=["a"], instances=[[outside]], sample_ids=["i"])
+    assert "instance_pixel_values" not in batch
+
+
+def test_caption_sub_sampling_cycles_through_sentences(processor):
+    caption = "first one. second one. third one."
+    sentences = split_sentences(caption)
+    offset = caption_offset(processor.caption_seed, "s1")
+    chosen = [processor.select_caption(caption, "s1", epoch) for epoch in range(6)]
+    assert chosen[:3] == [sentences[(epoch + offset) % 3] for epoch in range(3)]
+    assert sorted(chosen[:3]) == sorted(sentences) and chosen[3:] == chosen[:3]
+    assert processor.select_caption(caption, "s1", None) == caption  # evaluation: whole caption
+    offsets = {caption_offset(0, f"sample-{i}") % 3 for i in range(30)}
+    assert offsets == {0, 1, 2}  # offsets differ between samples
+    assert caption_offset(1, "s1") != caption_offset(0, "s1")  # and depend on the seed
+    processor.full_caption = True
+    assert processor.select_caption(caption, "s1", 4) == caption
+
+
+def test_sub_sampled_caption_reaches_the_tokens(processor, moving_red_square, tokenizer):
+    video, _ = moving_red_square
+    caption = "red. blue. green."
+    batches = [
+        processor(videos=[video], text=[caption], sample_ids=["s"], epoch=epoch)["input_ids"][0]
+        for epoch in range(3)
+    ]
+    words = {tokenizer.decode(ids, skip_special_tokens=True).strip(" .") for ids in batches}
+    assert words == {"red", "blue", "green"}
+
+
+def test_flip_swaps_left_and_right_in_captions(processor, moving_red_square, tokenizer):
+    assert (
+        swap_left_right("Left of the rightmost box, moving left.")
+        == "Right of the leftmost box, moving right."
+    )
+    video, instance = moving_red_square
+    processor.video_processor.flip_probability = 1.0
+    batch = processor(
+        videos=[video], text=["moving left"], instances=[[instance]], sample_ids=["s"], do_train_augment=True
+    )
+    assert tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True) == "moving right"
+    assert "left" in tokenizer.decode(batch["instance_input_ids"][0], skip_special_tokens=True)
+    processor.swap_left_right_on_flip = False
+    batch = processor(videos=[video], text=["moving left"], sample_ids=["s"], do_train_augment=True)
+    assert tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True) == "moving left"
+
+
+@pytest.mark.parametrize(
+    ("box", "reason"),
+    [
+        ([float("nan"), 0, 10, 10], "nan_coordinates"),
+        ([10, 0, 5, 10], "invalid_box"),
+        ([1, 2, 3], "malformed_instances"),
+    ],
+)
+def test_bad_instance_boxes_name_the_sample(processor, box, reason):
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    with pytest.raises(InstVLSampleError) as info:
+        processor(
+            images=[image], text=["a"], instances=[[{"caption": "c", "boxes": [box]}]], sample_ids=["img-9"]
+        )
+    assert info.value.reason == reason and "img-9" in str(info.value) and "instances[0]" in str(info.value)
+
+
+def test_one_media_type_per_call(processor):
+    with pytest.raises(ValueError, match="one media type"):
+        processor(videos=[np.zeros((4, 8, 8, 3), np.uint8)], images=[np.zeros((8, 8, 3), np.uint8)])
+
+
+def test_save_and_load_round_trip(processor, tmp_path):
+    processor.save_pretrained(tmp_path)
+    loaded = InstAPProcessor.from_pretrained(tmp_path)
+    assert loaded.max_length == 16 and loaded.video_processor.num_frames == 4
+    assert isinstance(loaded.video_processor, InstAPVideoProcessor)
+    assert loaded.tokenizer("a red square")["input_ids"] == processor.tokenizer("a red square")["input_ids"]
+    if register_auto_classes():
+        from transformers import AutoProcessor
+
+        assert isinstance(AutoProcessor.from_pretrained(tmp_path), InstAPProcessor)
