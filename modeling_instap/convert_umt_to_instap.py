@@ -361,6 +361,11 @@ class ConversionReport:
                 f"{len(self.missing)} InstAP parameters are missing from the checkpoint (pass --allow-missing GLOB to "
                 "keep them freshly initialised):\n  " + "\n  ".join(self.missing)
             )
+            if any(key.startswith("distillation.teacher.") for key in self.missing):
+                problems.append(
+                    "The CLIP teacher is missing: UMT stage-1 files never hold it; pass --teacher (an OpenAI-layout "
+                    "file such as UMT's vit_l14.pth, or a Hugging Face CLIP folder / Hub id)."
+                )
         if self.unexpected:
             problems.append(
                 f"{len(self.unexpected)} checkpoint keys are not read by any rule (pass --allow-unexpected GLOB to "
@@ -651,6 +656,13 @@ def fit_to_model(
         if tensor.shape != target_shape and key.endswith("embeddings.position_embedding.weight") and tensor.ndim == 2:
             if tensor.shape[1] == target_shape[1]:
                 report.resized.append(f"{key}: {tensor.shape[0]} -> {target_shape[0]} positions")
+                logger.warning(
+                    "Resampling the teacher position table %d -> %d positions (the config's teacher image_size); the "
+                    "teacher resamples again at run time if teacher_image_size differs. Leave out --preset/--config "
+                    "or pass --teacher-image-size to keep the checkpoint's grid.",
+                    tensor.shape[0],
+                    target_shape[0],
+                )
                 tensor = resize_position_table(tensor, target_shape[0])
         if tensor.shape != target_shape:
             report.shape_mismatches.append(

@@ -524,11 +524,18 @@ def test_missing_and_unknown_keys_fail_unless_allowed(tmp_path):
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     reloaded = InstAPForPreTraining.from_pretrained(out)
     torch.testing.assert_close(reloaded.instap.itm_head.bias, sd["itm_head.bias"])
+    # --config: a saved InstAP folder (or config.json) to convert into.
+    _, report = convert_umt_checkpoint(sd, config=out, allow_missing=["instap.itm_head.*"], allow_unexpected=["text_decoder.*"])
+    assert report.allowed_missing == ["instap.itm_head.weight"] and report.allowed_unexpected == [
+        "text_decoder.bert.embeddings.word_embeddings.weight"
+    ]
 
     # A stage-2 file without its teacher: every teacher key is listed.
     no_teacher = {k: v for k, v in umt_stage2_tensors(seed=12).items() if not k.startswith("clip_teacher.")}
     with pytest.raises(ConversionError, match=r"distillation\.teacher\.vision_model\.embeddings\.class_embedding"):
         convert_umt_checkpoint(no_teacher)
+    with pytest.raises(ConversionError, match="pass --teacher"):
+        convert_umt_checkpoint(umt_video_tensors(_generator(14)))
     convert_umt_checkpoint(no_teacher, allow_missing=["distillation.teacher.*"])
 
 
