@@ -25,6 +25,7 @@ __all__ = [
     "RetrievalResult",
     "encode_texts",
     "encode_videos",
+    "instance_retrieval",
     "rerank_with_matching_head",
     "similarity_in_chunks",
     "zero_shot_retrieval",
@@ -205,11 +206,89 @@ def zero_shot_retrieval(
 
         v2t, t2v = rerank_with_matching_head(model, scores, texts, token_batches, k=k, fusion_batch_size=fusion_batch_size)
         timings["rerank_s"] = time.perf_counter() - start
-        rerank_v2t = video_text_retrieval_metrics(v2t, text_to_video)
-        rerank_t2v = video_text_retrieval_metrics(t2v, text_to_video)
-        # Each direction is read from its own re-ranked matrix.
-        metrics_rerank = {key: value for key, value in rerank_t2v.items() if key.startswith("t2v_")}
-        metrics_rerank.update({key: value for key, value in rerank_v2t.items() if key.startswith("v2t_")})
-        metrics_rerank["r_mean"] = (metrics_rerank["t2v_r_mean"] + metrics_rerank["v2t_r_mean"]) / 2
+        metrics_rerank = _rerank_metrics(v2t, t2v, text_to_video)
     _backbone(model).train(model_was_training)
+    return RetrievalResult(scores, v2t, t2v, metrics_dual, metrics_rerank, timings)
+
+
+def _rerank_metrics(v2t: torch.Tensor, t2v: torch.Tensor, ground_truth) -> dict[str, float]:
+    """Metrics of re-ranked scores: each direction is read from its own re-ranked matrix."""
+    rerank_v2t = video_text_retrieval_metrics(v2t, ground_truth)
+    rerank_t2v = video_text_retrieval_metrics(t2v, ground_truth)
+    metrics = {key: value for key, value in rerank_t2v.items() if key.startswith("t2v_")}
+    metrics.update({key: value for key, value in rerank_v2t.items() if key.startswith("v2t_")})
+    metrics["r_mean"] = (metrics["t2v_r_mean"] + metrics["v2t_r_mean"]) / 2
+    return metrics
+
+
+@torch.no_grad()
+def instance_retrieval(
+    model,
+    batches: Callable[[], Iterator[dict]],
+    k: int = 128,
+    rerank: bool = True,
+    use_attention_pool: bool = True,
+    fusion_batch_size: int = 256,
+) -> RetrievalResult:
+    """Instance retrieval (METHOD §5): instance crops against all instance captions of the split.
+
+    Args:
+        batches: callable returning an iterator of evaluation batches in the model's batch contract (scene
+            `pixel_values` plus the `instance_*` tensors; batches without instances are skipped).
+        use_attention_pool: InstAP scores crops through the attention pool with their scene; `False` scores the
+            crops alone (how global-only models such as UMT are evaluated).
+
+    The crop of instance i is the query for its own caption i ("video" side = crops, "text" side = captions);
+    re-ranking uses the matching head with the instance VTM context (the raw pooled crop embedding, or all crop
+    tokens, per `config.instance_vtm_context`).
+    """
+    import time
+
+    backbone = _backbone(model)
+    was_training = backbone.training
+    backbone.eval()
+    device = next(backbone.parameters()).device
+    pooled_context = backbone.config.instance_vtm_context == "pooled"
+    crop_embeds, contexts, caption_embeds, caption_states, caption_masks = [], [], [], [], []
+    start = time.perf_counter()
+    for batch in batches():
+        if "instance_pixel_values" not in batch:
+            continue
+        crops = batch["instance_pixel_values"].to(device)
+        if use_attention_pool:
+            scenes = backbone.vision_model(batch["pixel_values"].to(device)).last_hidden_state
+            instances = backbone.encode_instances(crops, scenes, batch["instance_sample_index"].to(device))
+            embeds, crop_tokens = instances.instance_embeds, instances.crop_hidden_states
+        else:
+            video = backbone.get_video_features(crops)
+            embeds, crop_tokens = video.pooler_output, video.last_hidden_state
+        crop_embeds.append(embeds.float().cpu())
+        contexts.append((crop_tokens.mean(dim=1, keepdim=True) if pooled_context else crop_tokens).cpu())
+        text = backbone.get_text_features(
+            batch["instance_input_ids"].to(device), batch["instance_attention_mask"].to(device)
+        )
+        caption_embeds.append(text.pooler_output.float().cpu())
+        caption_states.append(text.last_hidden_state.cpu())
+        caption_masks.append(batch["instance_attention_mask"].cpu())
+    if not crop_embeds:
+        raise ValueError("No batch with instances: instance retrieval needs instance crops and captions.")
+    lengths = {mask.shape[1] for mask in caption_masks}
+    if len(lengths) > 1:
+        raise ValueError(f"Instance captions must be padded to one length across batches, got lengths {sorted(lengths)}.")
+    queries = torch.cat(crop_embeds)
+    texts = EncodedTexts(torch.cat(caption_embeds), torch.cat(caption_states), torch.cat(caption_masks))
+    scores = similarity_in_chunks(queries, texts.embeds)
+    ground_truth = torch.arange(scores.shape[0])
+    timings = {"dual_encoder_s": time.perf_counter() - start}
+    metrics_dual = video_text_retrieval_metrics(scores, ground_truth)
+    v2t = t2v = metrics_rerank = None
+    if rerank:
+        start = time.perf_counter()
+        context = torch.cat(contexts)
+        v2t, t2v = rerank_with_matching_head(
+            model, scores, texts, lambda: iter(context.split(fusion_batch_size)), k=k, fusion_batch_size=fusion_batch_size
+        )
+        timings["rerank_s"] = time.perf_counter() - start
+        metrics_rerank = _rerank_metrics(v2t, t2v, ground_truth)
+    backbone.train(was_training)
     return RetrievalResult(scores, v2t, t2v, metrics_dual, metrics_rerank, timings)

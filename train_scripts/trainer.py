@@ -15,9 +15,9 @@ from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.utils import logging
-
 
 logger = logging.get_logger(__name__)
 
@@ -51,6 +51,30 @@ class _InstAPTrainer(Trainer):
         self._term_counts = torch.zeros(len(self.loss_terms), dtype=torch.float64)
         self._last_temperatures: dict[str, float] = {}
 
+    def get_train_dataloader(self):
+        """Map-style InstVL data: batches of one media type in a seeded order all ranks agree on."""
+        dataset = self.train_dataset
+        if not hasattr(dataset, "media_types"):
+            return super().get_train_dataloader()
+        from instap_processing.streaming import MediaTypeBatchSampler
+
+        # accelerate's BatchSamplerShard hands rank r the batches r, r + world, ...; the sampler yields all of them.
+        sampler = MediaTypeBatchSampler(
+            dataset.media_types,
+            self._train_batch_size,
+            seed=self.args.seed,
+            world_size=self.accelerator.num_processes,
+            shard=False,
+        )
+        loader = DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
+        return self.accelerator.prepare(loader)
+
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         return [name for name, param in model.named_parameters() if not no_decay_parameter(name, param)]
 
@@ -62,8 +86,21 @@ class _InstAPTrainer(Trainer):
             self._record_terms(outputs)
         return (loss, outputs) if return_outputs else loss
 
+    def _loss_is_finite_everywhere(self, loss: torch.Tensor) -> bool:
+        """True when the loss is finite on every process.
+
+        The decision must be the same on all ranks: the replacement loss below skips the backward of the
+        all-gathers (VTC), whose collectives the other ranks would then wait for, and a rank raising
+        `NonFiniteLossError` alone would leave the others hanging in the next collective.
+        """
+        finite = torch.isfinite(loss.detach()).all()
+        if self.accelerator.num_processes > 1:
+            nonfinite_ranks = self.accelerator.reduce((~finite).to(torch.float32).reshape(1), reduction="sum")
+            return bool(nonfinite_ranks.item() == 0)
+        return bool(finite)
+
     def _guard_nonfinite(self, model: nn.Module, loss: torch.Tensor) -> torch.Tensor:
-        if torch.isfinite(loss.detach()).all():
+        if self._loss_is_finite_everywhere(loss):
             self._consecutive_nonfinite = 0
             return loss
         self.nonfinite_steps += 1
