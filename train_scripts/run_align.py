@@ -100,13 +100,13 @@ def evaluate_splits(model, processor, dataset: str, data_args: DataArguments, nu
         input_ids = torch.cat([batch["input_ids"] for batch in batches])
         attention_mask = torch.cat([batch["attention_mask"] for batch in batches])
         global_result = zero_shot_retrieval(
-            model, lambda: iter(pixel_values), input_ids, attention_mask, torch.arange(input_ids.shape[0]),
+            model, lambda frames=pixel_values: iter(frames), input_ids, attention_mask, torch.arange(input_ids.shape[0]),
             k=data_args.rerank_k,
         )
         results[f"{split} global, dual encoder"] = global_result.metrics_dual
         results[f"{split} global, re-ranked"] = global_result.metrics_rerank
         if any("instance_pixel_values" in batch for batch in batches):
-            inst = instance_retrieval(model, lambda: iter(batches), k=data_args.rerank_k)
+            inst = instance_retrieval(model, lambda split_batches=batches: iter(split_batches), k=data_args.rerank_k)
             results[f"{split} instance, dual encoder"] = inst.metrics_dual
             results[f"{split} instance, re-ranked"] = inst.metrics_rerank
         # Decoded in this process (no workers), so the tracker holds the split's counts.
