@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import fractions
 import io
+import itertools
 import json
 import logging
 import math
@@ -30,7 +31,7 @@ import os
 import random
 import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -52,6 +53,7 @@ __all__ = [
     "write_dataset",
     "write_jsonl_split",
     "write_parquet_split",
+    "write_split",
     "write_webdataset_split",
 ]
 
@@ -310,6 +312,26 @@ def _scene_caption(
 # Encoding
 
 
+def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
+    """BT.601 limited-range YUV 4:2:0 planes stacked as `(3H/2, W)` uint8 (PyAV's `yuv420p` ndarray layout).
+
+    Converting here rather than in swscale keeps the encoded bytes reproducible: swscale picks SIMD or C code paths
+    by buffer alignment, and they round differently.
+    """
+    rgb = rgb.astype(np.float32)
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    y = 16.0 + (65.481 * r + 128.553 * g + 24.966 * b) / 255.0
+    u = 128.0 + (-37.797 * r - 74.203 * g + 112.0 * b) / 255.0
+    v = 128.0 + (112.0 * r - 93.786 * g - 18.214 * b) / 255.0
+    height, width = y.shape
+
+    def subsample(plane: np.ndarray) -> np.ndarray:
+        return plane.reshape(height // 2, 2, width // 2, 2).mean(axis=(1, 3))
+
+    planes = [y.reshape(-1), subsample(u).reshape(-1), subsample(v).reshape(-1)]
+    return np.clip(np.rint(np.concatenate(planes)), 0, 255).astype(np.uint8).reshape(height * 3 // 2, width)
+
+
 def encode_mp4(frames: np.ndarray, fps: int, codec: str | None = None) -> bytes:
     """Encodes `(T, H, W, 3)` uint8 frames (even H and W) as an MP4 (H.264 when available)."""
     buffer = io.BytesIO()
@@ -318,12 +340,13 @@ def encode_mp4(frames: np.ndarray, fps: int, codec: str | None = None) -> bytes:
         stream.height, stream.width = int(frames.shape[1]), int(frames.shape[2])
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = 8
+        # One thread: x264's output depends on its thread count, and the data set must be byte-reproducible.
+        stream.codec_context.thread_count = 1
         if stream.codec_context.name in ("libx264", "h264"):
             stream.codec_context.options = {"preset": "veryfast", "crf": "18"}
         for array in frames:
-            for packet in stream.encode(
-                av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format="rgb24")
-            ):
+            frame = av.VideoFrame.from_ndarray(_rgb_to_yuv420p(array), format="yuv420p")
+            for packet in stream.encode(frame):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -390,20 +413,26 @@ def _num_shards(num_samples: int, shard_size: int) -> int:
     return max(1, math.ceil(num_samples / shard_size))
 
 
+def _shards(
+    records: Iterable[dict[str, Any]], num_records: int, shard_size: int
+) -> Iterator[list[dict[str, Any]]]:
+    iterator = iter(records)
+    for _ in range(_num_shards(num_records, shard_size)):
+        yield list(itertools.islice(iterator, shard_size))
+
+
 def write_parquet_split(
-    out_dir: str, split: str, num_samples: int, config: SyntheticConfig, shard_size: int = 128
+    out_dir: str, split: str, records: Iterable[dict[str, Any]], num_records: int, shard_size: int = 128
 ) -> list[str]:
-    """Writes `out_dir/data/{split}-{i:05d}-of-{n:05d}.parquet` and returns the paths."""
+    """Writes `records` to `out_dir/data/{split}-{i:05d}-of-{n:05d}.parquet` and returns the paths."""
     from datasets import Dataset
 
     from .instvl import INSTVL_FEATURES
 
     os.makedirs(os.path.join(out_dir, "data"), exist_ok=True)
-    num_shards = _num_shards(num_samples, shard_size)
+    num_shards = _num_shards(num_records, shard_size)
     paths = []
-    for shard in range(num_shards):
-        indices = range(shard * shard_size, min(num_samples, (shard + 1) * shard_size))
-        rows = [generate_record(split, index, config) for index in indices]
+    for shard, rows in enumerate(_shards(records, num_records, shard_size)):
         path = os.path.join(out_dir, "data", f"{split}-{shard:05d}-of-{num_shards:05d}.parquet")
         Dataset.from_list(rows, features=INSTVL_FEATURES).to_parquet(path)
         paths.append(path)
@@ -411,18 +440,18 @@ def write_parquet_split(
 
 
 def write_webdataset_split(
-    out_dir: str, split: str, num_samples: int, config: SyntheticConfig, shard_size: int = 128
+    out_dir: str, split: str, records: Iterable[dict[str, Any]], num_records: int, shard_size: int = 128
 ) -> list[str]:
     """Writes WebDataset shards `out_dir/{split}-{i:06d}.tar` (`{key}.json` + `{key}.mp4|jpg|png` per sample)."""
     os.makedirs(out_dir, exist_ok=True)
     paths = []
-    for shard in range(_num_shards(num_samples, shard_size)):
+    for shard, rows in enumerate(_shards(records, num_records, shard_size)):
         path = os.path.join(out_dir, f"{split}-{shard:06d}.tar")
         with tarfile.open(path, "w") as archive:
-            for index in range(shard * shard_size, min(num_samples, (shard + 1) * shard_size)):
-                record = generate_record(split, index, config)
+            for position, record in enumerate(rows):
+                record = dict(record)
                 media = record.pop("media")
-                key = f"{index:08d}"
+                key = f"{shard * shard_size + position:08d}"
                 extension = "mp4" if record["media_type"] == "video" else _image_extension(media)
                 for name, data in (
                     (f"{key}.json", json.dumps(record).encode()),
@@ -435,13 +464,14 @@ def write_webdataset_split(
     return paths
 
 
-def write_jsonl_split(out_dir: str, split: str, num_samples: int, config: SyntheticConfig) -> str:
+def write_jsonl_split(out_dir: str, split: str, records: Iterable[dict[str, Any]]) -> str:
     """Writes `out_dir/{split}.jsonl` with media files under `out_dir/media/{split}/` (paths relative to `out_dir`)."""
     media_dir = os.path.join(out_dir, "media", split)
     os.makedirs(media_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{split}.jsonl")
     with open(path, "w", encoding="utf-8") as handle:
-        for record in generate_split(split, num_samples, config):
+        for record in records:
+            record = dict(record)
             media = record.pop("media")
             extension = "mp4" if record["media_type"] == "video" else _image_extension(media)
             relative = os.path.join("media", split, f"{record['id']}.{extension}")
@@ -449,6 +479,24 @@ def write_jsonl_split(out_dir: str, split: str, num_samples: int, config: Synthe
                 media_file.write(media)
             handle.write(json.dumps(dict(record, media=relative)) + "\n")
     return path
+
+
+def write_split(
+    out_dir: str,
+    split: str,
+    records: Iterable[dict[str, Any]],
+    num_records: int,
+    output_format: str = "parquet",
+    shard_size: int = 128,
+) -> list[str]:
+    """Writes InstVL records (media as bytes) in `"parquet"`, `"webdataset"` or `"jsonl"` form; returns the files."""
+    if output_format == "parquet":
+        return write_parquet_split(out_dir, split, records, num_records, shard_size)
+    if output_format == "webdataset":
+        return write_webdataset_split(out_dir, split, records, num_records, shard_size)
+    if output_format == "jsonl":
+        return [write_jsonl_split(out_dir, split, records)]
+    raise ValueError(f"Unknown format {output_format!r}; use parquet, webdataset or jsonl.")
 
 
 def _image_extension(data: bytes) -> str:
@@ -477,14 +525,8 @@ def write_dataset(
     written: dict[str, list[str]] = {}
     for split in splits:
         count = config.num_samples.get(split, 0)
-        if output_format == "parquet":
-            written[split] = write_parquet_split(out_dir, split, count, config, shard_size)
-        elif output_format == "webdataset":
-            written[split] = write_webdataset_split(out_dir, split, count, config, shard_size)
-        elif output_format == "jsonl":
-            written[split] = [write_jsonl_split(out_dir, split, count, config)]
-        else:
-            raise ValueError(f"Unknown format {output_format!r}; use parquet, webdataset or jsonl.")
+        records = generate_split(split, count, config)
+        written[split] = write_split(out_dir, split, records, count, output_format, shard_size)
     if output_format == "parquet":
         with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as handle:
             handle.write(_dataset_card(splits, config))
