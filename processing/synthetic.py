@@ -315,7 +315,7 @@ def _scene_caption(
 def _rgb_to_yuv420p(rgb: np.ndarray) -> np.ndarray:
     """BT.601 limited-range YUV 4:2:0 planes stacked as `(3H/2, W)` uint8 (PyAV's `yuv420p` ndarray layout).
 
-    Converting here rather than in swscale keeps the encoded bytes reproducible: swscale picks SIMD or C code paths
+    Converting here rather than in swscale keeps the encoder input reproducible: swscale picks SIMD or C code paths
     by buffer alignment, and they round differently.
     """
     rgb = rgb.astype(np.float32)
@@ -340,7 +340,8 @@ def encode_mp4(frames: np.ndarray, fps: int, codec: str | None = None) -> bytes:
         stream.height, stream.width = int(frames.shape[1]), int(frames.shape[2])
         stream.pix_fmt = "yuv420p"
         stream.codec_context.gop_size = 8
-        # One thread: x264's output depends on its thread count, and the data set must be byte-reproducible.
+        # One thread: x264's output depends on its thread count. (Even so, a few bits of a stream can differ between
+        # runs, as x264's float decisions see the FPU flags other libraries set; the decoded frames are identical.)
         stream.codec_context.thread_count = 1
         if stream.codec_context.name in ("libx264", "h264"):
             stream.codec_context.options = {"preset": "veryfast", "crf": "18"}
