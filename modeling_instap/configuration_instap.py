@@ -377,12 +377,17 @@ class InstAPConfig(PreTrainedConfig):
 
         Keyword arguments override top-level fields of the preset.
         """
+        fields = cls.preset_fields(name)
+        fields.update(kwargs)
+        return cls(**fields)
+
+    @staticmethod
+    def preset_fields(name: str) -> dict:
+        """The fields a preset sets (a fresh dict; sub-configs as dicts), before defaults and derived values."""
         presets = {"instap-l": _instap_large, "instap-b": _instap_base, "tiny": _instap_tiny}
         if name not in presets:
             raise ValueError(f"Unknown InstAP preset {name!r}; choose one of {sorted(presets)}.")
-        fields = presets[name]()
-        fields.update(kwargs)
-        return cls(**fields)
+        return presets[name]()
 
 
 def _instap_large() -> dict:

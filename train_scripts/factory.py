@@ -37,7 +37,8 @@ class ModelArguments:
     )
     preset: str = field(default="tiny", metadata={"help": "Config preset when no checkpoint is given: tiny, instap-b, instap-l."})
     config_overrides: str | None = field(
-        default=None, metadata={"help": "Comma-separated top-level config fields, e.g. 'lambda_inst=0.1,mask_strategy=umt'."}
+        default=None,
+        metadata={"help": "Comma-separated config fields, e.g. 'lambda_inst=0.1,vision_config.image_size=64'."},
     )
     text_model_name_or_path: str | None = field(
         default=None, metadata={"help": "A BertForMaskedLM folder or Hub id for the text/fusion encoder and MLM head."}
@@ -120,20 +121,27 @@ def build_tokenizer(model_args: ModelArguments, dataset: str, data_args: DataArg
 
 
 def build_config(model_args: ModelArguments, tokenizer=None) -> InstAPConfig:
-    """A config from the preset and overrides; the text ids follow the tokenizer."""
-    overrides = parse_overrides(model_args.config_overrides)
-    config = InstAPConfig.from_preset(model_args.preset, **overrides)
+    """A config from the preset and overrides (`sub_config.field=value` reaches a sub-config); the text ids follow
+    the tokenizer."""
+    fields = InstAPConfig.preset_fields(model_args.preset)
+    for name, value in parse_overrides(model_args.config_overrides).items():
+        *parents, leaf = name.split(".")
+        target = fields
+        for parent in parents:
+            if not isinstance(target.get(parent), dict):
+                raise ValueError(f"config override {name!r}: {parent!r} is not a sub-config.")
+            target = target[parent]
+        target[leaf] = value
+    fields.setdefault("text_config", {})
     if tokenizer is not None:
-        text = config.text_config.to_dict()
-        text.update(
+        fields["text_config"].update(
             vocab_size=len(tokenizer),
             pad_token_id=tokenizer.pad_token_id,
             cls_token_id=tokenizer.cls_token_id,
             sep_token_id=tokenizer.sep_token_id,
             mask_token_id=tokenizer.mask_token_id,
         )
-        config = InstAPConfig.from_preset(model_args.preset, **overrides, text_config=text)
-    return config
+    return InstAPConfig(**fields)
 
 
 def build_processor(config: InstAPConfig, tokenizer, num_frames: int, max_length: int) -> InstAPProcessor:
