@@ -593,6 +593,8 @@ class InstAPTeacherDistillation(nn.Module):
     def train(self, mode: bool = True):
         super().train(mode)
         self.teacher.eval()
+        # `from_pretrained` swaps in new parameters that require grad (and then calls `.eval()`): re-freeze here.
+        self.teacher.requires_grad_(False)
         return self
 
     @torch.no_grad()
@@ -873,12 +875,10 @@ class InstAPTextModel(InstAPPreTrainedModel):
         all_hidden_states = (hidden_states,) if output_hidden_states else None
         all_cross_attentions = () if output_attentions else None
         for layer in layers:
+            # Tensors positional: reentrant checkpointing (`use_reentrant=True`) only tracks positional inputs, and
+            # the video tokens need their gradient (and must not be backpropagated inside the recompute).
             hidden_states, cross_weights = layer(
-                hidden_states,
-                attention_mask=self_mask,
-                encoder_hidden_states=encoder_hidden_states,
-                encoder_attention_mask=cross_mask,
-                output_attentions=bool(output_attentions),
+                hidden_states, self_mask, encoder_hidden_states, cross_mask, output_attentions=bool(output_attentions)
             )
             if output_hidden_states:
                 all_hidden_states += (hidden_states,)
