@@ -1,0 +1,97 @@
+"""The two training scripts end to end on a tiny synthetic InstVL: stage 1, then stage 2 from it, then loading."""
+
+import json
+import os
+
+import pytest
+import torch
+from transformers import AutoModel
+
+import modeling_instap  # noqa: F401  (registers the Auto classes)
+from modeling_instap import InstAPForMaskedVideoModeling, InstAPForPreTraining, InstAPModel
+
+
+@pytest.fixture(scope="module")
+def synthetic_dir(tmp_path_factory):
+    from instap_train.demo_data import ensure_synthetic_instvl
+
+    return ensure_synthetic_instvl(str(tmp_path_factory.mktemp("instvl")), num_train=32, num_test=12)
+
+
+def common_args(synthetic_dir, output_dir, steps):
+    return [
+        "--output_dir", str(output_dir), "--synthetic_dir", synthetic_dir, "--synthetic_num_train", "32",
+        "--synthetic_num_test", "12", "--max_steps", str(steps), "--per_device_train_batch_size", "4",
+        "--logging_steps", "1", "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0",
+        "--use_cpu",
+    ]
+
+
+def test_stage1_then_stage2_then_load(synthetic_dir, tmp_path, capsys):
+    from instap_train.run_align import main as run_align
+    from instap_train.run_pretrain import main as run_pretrain
+
+    stage1_dir = tmp_path / "stage1"
+    result = run_pretrain(common_args(synthetic_dir, stage1_dir, 2) + ["--num_frames", "4"])
+    assert result.global_step == 2 and torch.isfinite(torch.tensor(result.training_loss))
+    stage1 = InstAPForMaskedVideoModeling.from_pretrained(stage1_dir)
+
+    stage2_dir = tmp_path / "stage2"
+    results = run_align(
+        common_args(synthetic_dir, stage2_dir, 3)
+        + ["--stage1_checkpoint", str(stage1_dir), "--eval_splits", "video_1k", "--rerank_k", "4"]
+    )
+    # Stage 2 started from stage 1's video encoder: with 3 steps it moved, but the teacher is frozen and identical.
+    stage2 = InstAPForPreTraining.from_pretrained(stage2_dir)
+    for name, tensor in stage1.distillation.teacher.state_dict().items():
+        torch.testing.assert_close(stage2.distillation.teacher.state_dict()[name], tensor)
+
+    # The evaluation table covers global and instance retrieval, dual encoder and re-ranked.
+    assert set(results) == {
+        "video_1k global, dual encoder", "video_1k global, re-ranked",
+        "video_1k instance, dual encoder", "video_1k instance, re-ranked",
+    }
+    for metrics in results.values():
+        assert 0.0 <= metrics["r_mean"] <= 100.0
+    saved = json.loads((stage2_dir / "eval_results.json").read_text())
+    assert saved["global_step"] == 3
+    assert "| video_1k instance, re-ranked |" in capsys.readouterr().out
+
+    # The output folder is a checkpoint AutoModel loads directly, with its processor beside it.
+    backbone = AutoModel.from_pretrained(stage2_dir)
+    assert isinstance(backbone, InstAPModel)
+    assert os.path.exists(stage2_dir / "processor_config.json") or os.path.exists(stage2_dir / "video_preprocessor_config.json")
+
+
+def test_log_reports_every_term_averaged(synthetic_dir, tmp_path):
+    """Each loss term and both temperatures are logged as separate scalars."""
+    from transformers import TrainerCallback
+
+    from instap_train.run_align import main as run_align
+
+    seen = []
+
+    class Capture(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            seen.append(dict(logs or {}))
+
+    import instap_train.run_align as script
+
+    original = script.InstAPAlignTrainer
+
+    class CapturingTrainer(original):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.add_callback(Capture())
+
+    script.InstAPAlignTrainer = CapturingTrainer
+    try:
+        run_align(common_args(synthetic_dir, tmp_path / "out", 2) + ["--eval_splits", ""])
+    finally:
+        script.InstAPAlignTrainer = original
+    train_logs = [log for log in seen if "loss" in log]
+    assert len(train_logs) == 2
+    for log in train_logs:
+        for term in ("loss_rec", "loss_vtc", "loss_vtm", "loss_mlm", "loss_inst_vtc", "loss_inst_vtm", "loss_inst_mlm"):
+            assert term in log and log[term] >= 0
+        assert 0.001 <= log["temperature"] <= 0.5 and 0.001 <= log["instance_temperature"] <= 0.5
