@@ -230,3 +230,36 @@ def test_save_and_load_round_trip(processor, tmp_path):
         from transformers import AutoProcessor
 
         assert isinstance(AutoProcessor.from_pretrained(tmp_path), InstAPProcessor)
+
+
+def test_remote_code_round_trip(processor, tmp_path, monkeypatch):
+    """Saved with `register_for_auto_class`, the processor files are self-contained Hub remote code."""
+    import transformers.dynamic_module_utils as dynamic_module_utils
+    from transformers import AutoProcessor
+
+    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    monkeypatch.setattr(InstAPProcessor, "_auto_class", "AutoProcessor")
+    monkeypatch.setattr(InstAPVideoProcessor, "_auto_class", "AutoVideoProcessor")
+    processor.save_pretrained(tmp_path / "saved")
+    copied = {path.name for path in (tmp_path / "saved").glob("*.py")}
+    assert {"processing_instap.py", "video_processing_instap.py", "decoding.py", "crops.py"} <= copied
+    # AutoProcessor prefers the installed class registered against InstAPConfig; load the copied module explicitly,
+    # as a machine without `instap` would.
+    remote_class = dynamic_module_utils.get_class_from_dynamic_module(
+        "processing_instap.InstAPProcessor", str(tmp_path / "saved")
+    )
+    assert remote_class.__module__.startswith("transformers_modules") and remote_class is not InstAPProcessor
+    loaded = remote_class.from_pretrained(tmp_path / "saved")
+    assert loaded.max_length == 16 and type(loaded.video_processor).__module__.startswith(
+        "transformers_modules"
+    )
+    if register_auto_classes():  # with the package installed, its registered classes win over the copied code
+        assert isinstance(
+            AutoProcessor.from_pretrained(tmp_path / "saved", trust_remote_code=True), InstAPProcessor
+        )
+    video = np.zeros((6, 40, 40, 3), dtype=np.uint8)
+    instances = [[{"caption": "a red square", "boxes": [[0, 0, 10, 10]], "frame_index": [0]}]]
+    batch = loaded(videos=[video], text=["a red square"], instances=instances, sample_ids=["x"])
+    reference = processor(videos=[video], text=["a red square"], instances=instances, sample_ids=["x"])
+    for key in reference:
+        torch.testing.assert_close(batch[key], reference[key])
