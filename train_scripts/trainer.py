@@ -5,8 +5,9 @@ Both trainers are thin: the model computes every loss term (see `InstAPForPreTra
 - log each term and the temperatures as separate scalars, averaged over the logging window and over processes;
 - keep the teacher out of the optimizer (it never requires grad) and take biases, norms and temperatures out of
   weight decay (METHOD §4 recipe);
-- skip a step whose loss is not finite (zero gradient, counted) and stop with `NonFiniteLossError` after
-  `max_consecutive_nonfinite` such steps in a row, before a broken checkpoint can be written;
+- skip a step whose loss is not finite on any process (zero gradient on every rank, counted) and stop with
+  `NonFiniteLossError` after `max_consecutive_nonfinite` such steps in a row, before a broken checkpoint can be
+  written (under DeepSpeed ZeRO-3, which cannot skip a step, at the first one);
 - (stage 2) evaluate with dual-encoder retrieval recall on a held-out split.
 """
 
@@ -105,6 +106,15 @@ class _InstAPTrainer(Trainer):
             return loss
         self.nonfinite_steps += 1
         self._consecutive_nonfinite += 1
+        if self.is_deepspeed_enabled and self.accelerator.state.deepspeed_plugin.zero_stage == 3:
+            # The zero below cannot be built under ZeRO-3 (parameters hold no data outside their module's
+            # forward), and a backward that gives no parameter a gradient makes ZeRO-3 (DeepSpeed 0.19) apply
+            # the previous step's gradients again: no step can be skipped, so stop at once.
+            raise NonFiniteLossError(
+                f"The loss was not finite at step {self.state.global_step}. Under DeepSpeed ZeRO-3 the step "
+                "cannot be skipped (DeepSpeed would re-apply the previous gradients); resume from the last "
+                "checkpoint after checking the data or lowering the learning rate, or train with ZeRO-2."
+            )
         if self._consecutive_nonfinite >= self.max_consecutive_nonfinite:
             raise NonFiniteLossError(
                 f"The loss was not finite for {self._consecutive_nonfinite} consecutive steps (step "
