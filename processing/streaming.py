@@ -18,8 +18,10 @@ Distributed use:
 - HF Trainer: accelerate shards a `datasets.IterableDataset` by itself, but a *torch* `IterableDataset` such as this
   one is wrapped in `IterableDatasetShard`, where every rank reads (and here would decode) every sample. So build the
   DataLoader yourself in `Trainer.get_train_dataloader` from a per-rank stream (`load_instvl(..., rank=, world_size=)`)
-  and return it without `accelerator.prepare`; or, map-style, pass `MediaTypeBatchSampler(world_size=num_processes,
-  shard=False)` and let `accelerator.prepare` (BatchSamplerShard) hand every rank its batches. Never shard twice.
+  and return it without `accelerator.prepare`, as an [`EpochAwareDataLoader`] so that Trainer's `set_epoch` reaches
+  the dataset (caption sentence, instance subset and media-type schedule change per epoch). Or, map-style, pass
+  `MediaTypeBatchSampler(world_size=num_processes, shard=False)` and let `accelerator.prepare` (BatchSamplerShard)
+  hand every rank its batches. Never shard twice.
 
 Bad samples: with `skip_bad_samples=True` a sample that raises [`InstVLSampleError`] is skipped, counted per reason
 and logged; [`BadSampleTracker`] raises [`TooManyBadSamplesError`] past `max_bad_samples` skipped samples or a
@@ -38,7 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from torch.utils.data import Dataset, IterableDataset, Sampler, get_worker_info
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler, get_worker_info
 
 from .decoding import DecodedVideo, decode_media
 from .errors import InstVLSampleError, TooManyBadSamplesError
@@ -46,6 +48,7 @@ from .records import InstVLInstance, InstVLRecord, parse_record, validate_instan
 
 __all__ = [
     "BadSampleTracker",
+    "EpochAwareDataLoader",
     "InstVLExample",
     "InstVLIterableDataset",
     "InstVLMapDataset",
@@ -542,3 +545,23 @@ class MediaTypeBatchSampler(Sampler[list[int]]):
         if not self.shard:
             return sum(len(step) for step in steps)
         return sum(1 for step in steps if self.rank < len(step))
+
+
+class EpochAwareDataLoader(DataLoader):
+    """A `DataLoader` whose `set_epoch` reaches its dataset and batch sampler.
+
+    HF Trainer calls `train_dataloader.set_epoch(epoch)` when the loader has that method; a plain `DataLoader` does
+    not, so a loader built by hand (see the module docstring) would stay in epoch 0: the same caption sentence, the
+    same instance subset and the same media-type schedule every epoch. The epoch reaches the workers when they
+    start, so do not combine this with `persistent_workers=True`.
+    """
+
+    def set_epoch(self, epoch: int) -> None:
+        if self.persistent_workers and self.num_workers > 0:
+            raise ValueError(
+                "The epoch cannot reach persistent DataLoader workers; use persistent_workers=False."
+            )
+        targets = (self.dataset, self.batch_sampler, getattr(self.batch_sampler, "batch_sampler", None))
+        for target in targets:
+            if hasattr(target, "set_epoch"):
+                target.set_epoch(epoch)

@@ -13,6 +13,7 @@ from instap_processing import InstAPProcessor, InstAPVideoProcessor
 from instap_processing.collator import InstAPDataCollator
 from instap_processing.instvl import load_instvl
 from instap_processing.streaming import (
+    EpochAwareDataLoader,
     InstVLIterableDataset,
     InstVLMapDataset,
     MediaTypeBatchSampler,
@@ -190,3 +191,25 @@ def test_map_style_loader_with_the_batch_sampler(data_dir, processor):
     assert len(batches) == len(sampler)
     for batch in batches:
         check_contract(batch, batch["pixel_values"].shape[1])
+
+
+def test_epoch_reaches_workers_and_changes_caption_sentences(data_dir, processor):
+    dataset = InstVLIterableDataset(load_instvl(data_dir, "video_1k"), num_frames=2)
+    collator = InstAPDataCollator(processor)
+    loader = EpochAwareDataLoader(dataset, batch_size=8, num_workers=1, collate_fn=collator)
+    token_ids = []
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        (batch,) = list(loader)
+        token_ids.append(batch["input_ids"])
+    assert dataset.epoch == 2
+    # Scene captions have three sentences: every epoch shows each sample a different one.
+    assert all(
+        not torch.equal(token_ids[a][i], token_ids[b][i])
+        for a, b in [(0, 1), (1, 2), (0, 2)]
+        for i in range(8)
+    )
+    sampler = MediaTypeBatchSampler(["video"] * 8, 2)
+    map_dataset = InstVLMapDataset([{"media_type": "video"}] * 8)
+    EpochAwareDataLoader(map_dataset, batch_sampler=sampler).set_epoch(5)
+    assert sampler.epoch == map_dataset.epoch == 5
