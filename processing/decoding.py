@@ -488,7 +488,7 @@ def decode_image(source: MediaSource, *, sample_id: str | None = None) -> Decode
             image = ImageOps.exif_transpose(image)
             image = image.convert("RGB")
             array = np.asarray(image, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as error:
         raise InstVLSampleError(
             f"cannot decode the image ({error})", sample_id=sample_id, field="media", reason="corrupt_media"
         ) from None

@@ -156,3 +156,20 @@ def test_map_style_from_parquet(folders, tmp_path):
 def test_missing_split_is_a_clear_error(folders):
     with pytest.raises(FileNotFoundError, match="img_10k"):
         load_instvl(folders / "parquet", "img_10k")
+
+
+def test_parquet_with_media_paths(generated, tmp_path):
+    """Parquet shards whose `media` column holds paths relative to the data root (INSTVL_PATH_FEATURES)."""
+    rows = []
+    for record in generated["video_1k"]:
+        relative = f"clips/{record['id']}.mp4"
+        (tmp_path / "clips").mkdir(exist_ok=True)
+        (tmp_path / relative).write_bytes(record["media"])
+        rows.append(dict(record, media=relative))
+    (tmp_path / "data").mkdir()
+    datasets.Dataset.from_list(rows, features=INSTVL_PATH_FEATURES).to_parquet(
+        tmp_path / "data/video_1k-0.parquet"
+    )
+    loaded = list(load_instvl(tmp_path, "video_1k"))
+    assert [r["media"] for r in loaded] == [str(tmp_path / row["media"]) for row in rows]
+    assert [canonical(r) for r in loaded] == [canonical(r) for r in generated["video_1k"]]
