@@ -710,6 +710,8 @@ class InstAPPreTrainedModel(PreTrainedModel):
             init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             init.normal_(module.weight, std=std)
+            if module.padding_idx is not None:  # BERT keeps the [PAD] embedding at zero
+                init.zeros_(module.weight[module.padding_idx])
         elif isinstance(module, CLIPVisionEmbeddings):
             init.normal_(module.class_embedding, std=module.embed_dim**-0.5)
             init.copy_(module.position_ids, torch.arange(module.num_positions).expand((1, -1)))
@@ -1347,7 +1349,7 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         terms["inst_vtm"] = self._matching_loss(
             context, text_outputs.last_hidden_state, instance_attention_mask, similarity, exclude
         )
-        if config.lambda_mlm > 0 or config.lambda_inst_mlm > 0:
+        if config.lambda_inst > 0 and config.lambda_inst_mlm > 0:
             terms["inst_mlm"] = self._masked_language_loss(
                 instance_input_ids, instance_attention_mask, instances.pooled_hidden_states
             )
