@@ -95,3 +95,12 @@ def test_log_reports_every_term_averaged(synthetic_dir, tmp_path):
         for term in ("loss_rec", "loss_vtc", "loss_vtm", "loss_mlm", "loss_inst_vtc", "loss_inst_vtm", "loss_inst_mlm"):
             assert term in log and log[term] >= 0
         assert 0.001 <= log["temperature"] <= 0.5 and 0.001 <= log["instance_temperature"] <= 0.5
+
+
+def test_streaming_training_runs(synthetic_dir, tmp_path):
+    """`--streaming`: the split is read as a `datasets.IterableDataset` and decoded in the loader."""
+    from instap_train.run_align import main as run_align
+
+    results = run_align(common_args(synthetic_dir, tmp_path / "stream", 2) + ["--streaming", "--eval_splits", ""])
+    assert results == {}
+    assert (tmp_path / "stream" / "model.safetensors").exists()

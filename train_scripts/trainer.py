@@ -53,11 +53,25 @@ class _InstAPTrainer(Trainer):
         self._last_temperatures: dict[str, float] = {}
 
     def get_train_dataloader(self):
-        """Map-style InstVL data: batches of one media type in a seeded order all ranks agree on."""
+        """InstVL data: batches of one media type, decoded in the workers, each sample decoded by one rank only.
+
+        - A map-style `InstVLMapDataset`: `MediaTypeBatchSampler` in a seeded order all ranks agree on, sharded by
+          accelerate (`BatchSamplerShard`).
+        - A streamed `InstVLIterableDataset`: its source is split per rank once (`split_dataset_by_node`) and the
+          loader is *not* passed through `accelerator.prepare`, whose `IterableDatasetShard` would make every rank
+          decode every sample and keep 1/N. Trainer still moves each batch to the device.
+        """
+        from instap_processing.streaming import (
+            EpochAwareDataLoader,
+            InstVLIterableDataset,
+            MediaTypeBatchSampler,
+        )
+
         dataset = self.train_dataset
+        if isinstance(dataset, InstVLIterableDataset):
+            return self._streaming_dataloader(dataset, EpochAwareDataLoader)
         if not hasattr(dataset, "media_types"):
             return super().get_train_dataloader()
-        from instap_processing.streaming import MediaTypeBatchSampler
 
         # accelerate's BatchSamplerShard hands rank r the batches r, r + world, ...; the sampler yields all of them.
         sampler = MediaTypeBatchSampler(
@@ -75,6 +89,26 @@ class _InstAPTrainer(Trainer):
             pin_memory=self.args.dataloader_pin_memory,
         )
         return self.accelerator.prepare(loader)
+
+    def _streaming_dataloader(self, dataset, loader_class):
+        import copy
+
+        import datasets
+        from datasets.distributed import split_dataset_by_node
+
+        world, rank = self.accelerator.num_processes, self.accelerator.process_index
+        if world > 1:
+            if not isinstance(dataset.source, datasets.IterableDataset):
+                raise ValueError("Multi-process streaming needs a `datasets.IterableDataset` source to split by rank.")
+            dataset = copy.copy(dataset)
+            dataset.source = split_dataset_by_node(dataset.source, rank=rank, world_size=world)
+        return loader_class(
+            dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=self.args.dataloader_num_workers,
+            pin_memory=self.args.dataloader_pin_memory,
+        )
 
     def get_decay_parameter_names(self, model: nn.Module) -> list[str]:
         return [name for name, param in model.named_parameters() if not no_decay_parameter(name, param)]
