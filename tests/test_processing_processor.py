@@ -238,6 +238,12 @@ def test_remote_code_round_trip(processor, tmp_path, monkeypatch):
     from transformers import AutoProcessor
 
     monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
+    # An earlier remote-code load in this process left `transformers_modules` imported from the default cache;
+    # drop it (monkeypatch restores it) so the package is re-imported from the temporary cache.
+    import sys
+
+    for name in [name for name in sys.modules if name.split(".")[0] == "transformers_modules"]:
+        monkeypatch.delitem(sys.modules, name)
     monkeypatch.setattr(InstAPProcessor, "_auto_class", "AutoProcessor")
     monkeypatch.setattr(InstAPVideoProcessor, "_auto_class", "AutoVideoProcessor")
     processor.save_pretrained(tmp_path / "saved")
