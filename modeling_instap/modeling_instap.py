@@ -1260,7 +1260,8 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         has_instances = (
             instance_pixel_values is not None and instance_input_ids is not None and instance_pixel_values.shape[0] > 0
         )
-        if has_instances:
+        # λ_inst = 0 is the global-only ablation (METHOD Table 4): the instance branch is not run at all.
+        if has_instances and config.lambda_inst > 0:
             if instance_sample_index is None:
                 raise ValueError("instance_pixel_values needs instance_sample_index (the scene of each instance).")
             if instance_attention_mask is None:

@@ -95,8 +95,14 @@ def format_table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def evaluate_splits(model, processor, dataset: str, data_args: DataArguments, num_frames: int, batch_size: int):
-    """Global and instance retrieval on each evaluation split, dual encoder and re-ranked."""
+def evaluate_splits(
+    model, processor, dataset: str, data_args: DataArguments, num_frames: int, batch_size: int,
+    instance_attention_pool: bool = True,
+):
+    """Global and instance retrieval on each evaluation split, dual encoder and re-ranked.
+
+    `instance_attention_pool=False` scores instance crops alone, as global-only models are evaluated (METHOD §5).
+    """
     results = {}
     for split in filter(None, (name.strip() for name in data_args.eval_splits.split(","))):
         eval_dataset = build_eval_dataset(dataset, split, data_args, num_frames)
@@ -111,7 +117,10 @@ def evaluate_splits(model, processor, dataset: str, data_args: DataArguments, nu
         results[f"{split} global, dual encoder"] = global_result.metrics_dual
         results[f"{split} global, re-ranked"] = global_result.metrics_rerank
         if any("instance_pixel_values" in batch for batch in batches):
-            inst = instance_retrieval(model, lambda split_batches=batches: iter(split_batches), k=data_args.rerank_k)
+            inst = instance_retrieval(
+                model, lambda split_batches=batches: iter(split_batches), k=data_args.rerank_k,
+                use_attention_pool=instance_attention_pool,
+            )
             results[f"{split} instance, dual encoder"] = inst.metrics_dual
             results[f"{split} instance, re-ranked"] = inst.metrics_rerank
         # Decoded in this process (no workers), so the tracker holds the split's counts.
