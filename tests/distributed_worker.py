@@ -222,6 +222,21 @@ def run_ddp(out_dir: str, init_dir: str) -> None:
     result["raised_at_step"] = _train_until_error(trainer)
     dist.barrier()
     result["checkpoints_after_raise"] = _checkpoints(raise_dir)
+
+    # Gradient checkpointing (the stage-2 recipe) with batches without instances: the attention pool and τ_inst
+    # get no gradient, which DDP tolerates only with unused-parameter detection on.
+    args = align_training_arguments(
+        os.path.join(out_dir, "no_instances"), max_steps=2, gradient_checkpointing=True,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+    )
+    trainer = InstAPAlignTrainer(
+        model=InstAPForPreTraining.from_pretrained(init_dir),
+        args=args,
+        train_dataset=SyntheticAlignDataset(length=16, instance_counts=(0,)),
+        data_collator=collate_align_batch,
+    )
+    trainer.train()
+    result["checkpointed_no_instance_steps"] = trainer.state.global_step
     _write(out_dir, rank, result)
 
 

@@ -162,6 +162,12 @@ def test_ddp_consecutive_nonfinite_losses_stop_every_rank(ddp_results):
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def test_ddp_with_gradient_checkpointing_trains_on_batches_without_instances(ddp_results):
+    """The instance-only parameters get no gradient there; DDP must not fail on the next step."""
+    for result in ddp_results:
+        assert result["checkpointed_no_instance_steps"] == 2
+
+
 @requires_deepspeed
 def test_deepspeed_zero2_two_processes_matches_ddp_and_reloads(zero2_results, ddp_results, init_dir):
     results, out_dir = zero2_results

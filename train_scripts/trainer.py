@@ -41,6 +41,12 @@ class _InstAPTrainer(Trainer):
     loss_terms: Sequence[str] = ()
 
     def __init__(self, *args, max_consecutive_nonfinite: int = 10, **kwargs):
+        training_args = kwargs["args"] if "args" in kwargs else (args[1] if len(args) > 1 else None)
+        if training_args is not None and training_args.ddp_find_unused_parameters is None:
+            # Which parameters get a gradient depends on the batch (without instances the attention pool and
+            # τ_inst get none). Trainer turns DDP's unused-parameter detection off under gradient checkpointing,
+            # and DDP then fails on the next step after such a batch.
+            training_args.ddp_find_unused_parameters = True
         super().__init__(*args, **kwargs)
         # The model returns per-batch means: Trainer must scale for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
