@@ -29,6 +29,8 @@ __all__ = [
     "all_gather_with_grad",
     "gather_without_grad",
     "all_gather_variable",
+    "any_process",
+    "process_rank",
     "process_offset",
     "contrastive_loss",
     "sample_hard_negatives",
@@ -141,6 +143,10 @@ def all_gather_variable(tensor: Tensor, with_grad: bool = True) -> Tensor:
     """
     if not _is_distributed():
         return tensor if with_grad else tensor.detach()
+    if tensor.is_floating_point() and tensor.dtype in (torch.float16, torch.bfloat16):
+        # Under autocast one rank's rows may be half precision while an empty rank's are float32; the gather needs
+        # one dtype on every rank, and the losses compute in float32 anyway.
+        tensor = tensor.float()
     world = dist.get_world_size()
     size = torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device)
     sizes = [torch.zeros_like(size) for _ in range(world)]
@@ -152,6 +158,24 @@ def all_gather_variable(tensor: Tensor, with_grad: bool = True) -> Tensor:
     gathered = all_gather_with_grad(padded) if with_grad else gather_without_grad(padded)
     rows = torch.cat([torch.arange(r * longest, r * longest + n) for r, n in enumerate(counts)])
     return gathered[rows.to(tensor.device)]
+
+
+def any_process(flag: bool, device: torch.device | None = None) -> bool:
+    """True when ``flag`` is true on at least one process; ``flag`` itself in one process.
+
+    A collective (every rank must call it): branches that contain gathers, such as the instance losses, must be
+    entered by all ranks or by none, or the ranks that skip leave the others waiting in the gather.
+    """
+    if not _is_distributed():
+        return bool(flag)
+    value = torch.tensor([1 if flag else 0], dtype=torch.long, device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
+
+
+def process_rank() -> int:
+    """This process's rank, 0 in one process."""
+    return dist.get_rank() if _is_distributed() else 0
 
 
 def process_offset(local_batch: int) -> int:

@@ -28,12 +28,14 @@ from .configuration_instap import InstAPConfig, InstAPTextConfig, InstAPVisionCo
 from .losses import (
     all_gather_variable,
     all_gather_with_grad,
+    any_process,
     box_regression_loss,
     contrastive_loss,
     gather_without_grad,
     mask_tokens_for_mlm,
     matching_loss,
     mlm_loss,
+    process_rank,
     reconstruction_loss,
     sample_hard_negatives,
 )
@@ -922,6 +924,12 @@ class InstAPModel(InstAPPreTrainedModel):
         self.instance_temperature = nn.Parameter(torch.tensor(config.instance_temperature_init))
         self.post_init()
 
+    def get_input_embeddings(self) -> nn.Module:
+        return self.text_model.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value: nn.Module):
+        self.text_model.embeddings.word_embeddings = value
+
     def clamped_temperatures(self) -> tuple[torch.Tensor, torch.Tensor]:
         """τ and τ_inst clamped to [temperature_min, temperature_max].
 
@@ -1223,7 +1231,8 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         if attention_mask is None and input_ids is not None:
             attention_mask = torch.ones_like(input_ids)
         if source_ids is None:
-            source_ids = torch.arange(batch_size, device=device)
+            # Row indices, made distinct across processes: gathered rows of different ranks must not collide.
+            source_ids = torch.arange(batch_size, device=device) + process_rank() * (1 << 32)
         temperature, instance_temperature = self.instap.clamped_temperatures()
         terms: dict[str, torch.Tensor] = {}
 
@@ -1260,8 +1269,12 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         has_instances = (
             instance_pixel_values is not None and instance_input_ids is not None and instance_pixel_values.shape[0] > 0
         )
-        # λ_inst = 0 is the global-only ablation (METHOD Table 4): the instance branch is not run at all.
-        if has_instances and config.lambda_inst > 0:
+        # λ_inst = 0 is the global-only ablation (METHOD Table 4): the instance branch is not run at all. Otherwise
+        # every rank enters it when any rank has instances: its gathers are collectives.
+        run_instances = config.lambda_inst > 0 and any_process(has_instances, device)
+        if run_instances and not has_instances:
+            terms["inst_vtc"] = self._instance_contrastive_without_local_rows(instance_temperature, device)
+        elif run_instances:
             if instance_sample_index is None:
                 raise ValueError("instance_pixel_values needs instance_sample_index (the scene of each instance).")
             if instance_attention_mask is None:
@@ -1355,6 +1368,26 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
                 instance_input_ids, instance_attention_mask, instances.pooled_hidden_states
             )
         return terms
+
+    def _instance_contrastive_without_local_rows(self, instance_temperature: torch.Tensor, device) -> torch.Tensor:
+        """This rank has no instance but others do: join their gathers with zero rows.
+
+        The loss over the gathered instances is the same on every rank; the empty leaves make this rank take part
+        in the gathers' backward (an all-reduce) as well. The local-only instance terms (VTM, MLM) have no rows here.
+        """
+        dim, dtype = self.config.projection_dim, self.instap.visual_projection.weight.dtype
+        if dtype in (torch.float16, torch.bfloat16):
+            dtype = torch.float32  # all_gather_variable gathers half precision as float32
+        empty_crops = torch.zeros(0, dim, device=device, dtype=dtype, requires_grad=True)
+        empty_captions = torch.zeros(0, dim, device=device, dtype=dtype, requires_grad=True)
+        empty_ids = torch.zeros(0, dtype=torch.long, device=device)
+        return contrastive_loss(
+            all_gather_variable(empty_crops),
+            all_gather_variable(empty_captions),
+            instance_temperature,
+            source_ids=all_gather_variable(empty_ids, with_grad=False),
+            same_source=self.config.instance_same_source,
+        )
 
     def _total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         config = self.config

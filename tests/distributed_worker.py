@@ -83,6 +83,12 @@ def run_gather(out_dir: str) -> None:
 
     # Reference first, before the process group exists: the gathers are then identities (one process).
     reference = _contrastive_terms_and_grads(model, collate_align_batch(samples))
+    # Second case: the last rank's samples have no instance (its batch has no instance keys at all).
+    without_last = [
+        dict(s, instance_pixel_values=[], instance_input_ids=[]) if i >= local_batch * (world - 1) else s
+        for i, s in enumerate(samples)
+    ]
+    reference_without_last = _contrastive_terms_and_grads(model, collate_align_batch(without_last))
 
     dist.init_process_group("gloo")
     try:
@@ -103,6 +109,16 @@ def run_gather(out_dir: str) -> None:
             dist.all_reduce(grad)
             grad /= world
             max_grad_error = max(max_grad_error, float((grad - reference_grad).abs().max()))
+        # Must not hang: the rank without instances joins the instance gathers with zero rows.
+        local_without = _contrastive_terms_and_grads(
+            model, collate_align_batch(without_last[rank * local_batch : (rank + 1) * local_batch])
+        )
+        max_grad_error_without = 0.0
+        for name, reference_grad in reference_without_last["grads"].items():
+            grad = local_without["grads"].get(name, torch.zeros_like(reference_grad))
+            dist.all_reduce(grad)
+            grad /= world
+            max_grad_error_without = max(max_grad_error_without, float((grad - reference_grad).abs().max()))
         rec = local["loss_rec"].clone()
         dist.all_reduce(rec)
         result = {
@@ -118,6 +134,9 @@ def run_gather(out_dir: str) -> None:
             "max_reference_grad": max(float(g.abs().max()) for g in reference["grads"].values()),
             "num_grads": len(reference["grads"]),
             "missing_grads": missing,
+            "without_last_loss_inst_vtc": float(local_without["loss_inst_vtc"]),
+            "reference_without_last_loss_inst_vtc": float(reference_without_last["loss_inst_vtc"]),
+            "without_last_max_grad_error": max_grad_error_without,
         }
         _write(out_dir, rank, result)
     finally:

@@ -124,6 +124,16 @@ def test_gathered_contrastive_losses_and_gradients_match_one_process(gather_resu
         assert result["max_grad_error"] <= 1e-10 * result["max_reference_grad"]
 
 
+def test_rank_without_instances_joins_the_instance_gathers(gather_results):
+    """A rank whose batch has no instance neither hangs the others nor changes the instance VTC: it takes part in
+    the gathers with zero rows, and the losses and DDP-averaged gradients equal one process on the global batch."""
+    for result in gather_results:
+        assert result["without_last_loss_inst_vtc"] == pytest.approx(
+            result["reference_without_last_loss_inst_vtc"], rel=1e-12
+        )
+        assert result["without_last_max_grad_error"] <= 1e-10 * result["max_reference_grad"]
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # DDP through InstAPAlignTrainer
 # --------------------------------------------------------------------------------------------------------------------
