@@ -184,9 +184,9 @@ def main(argv: list[str] | None = None) -> dict:
         results = evaluate_splits(
             unwrapped, processor, dataset, data_args, num_frames, training_args.per_device_eval_batch_size
         )
-        table = format_table(results)
         print(f"\nInstAP after {train_result.global_step} steps (final training loss {train_result.training_loss:.4f})")
-        print(table)
+        if results:
+            print(format_table(results))
         with open(os.path.join(training_args.output_dir, "eval_results.json"), "w", encoding="utf-8") as handle:
             json.dump({"global_step": train_result.global_step, "results": results}, handle, indent=2)
     return {name: {k: v for k, v in metrics.items() if not math.isnan(v)} for name, metrics in results.items()}
