@@ -1,0 +1,136 @@
+"""How the zero-shot retrieval evaluation scales with the split size, dual encoder and re-ranking apart.
+
+`instap_eval.zero_shot.zero_shot_retrieval` on the `tiny` InstAP with random tensors as videos (no decoding) and
+random captions, N videos and N captions (one each), for N = 1K, 2K, 4K and a fixed k:
+
+* dual encoder: embed every caption and video, the N x N similarity matrix (in chunks);
+* re-ranking: re-encode the videos (the fusion context is never held for the split) and score the top k of every
+  query in both directions with the matching head: 2 N k fused pairs.
+
+Both should grow linearly in N at fixed k (the N² similarity and top-k are tiny next to the encoders at these
+sizes; the rank computation, outside both timings, is chunked). The table gives each time, its ratio to N = 1K
+measured in the same run, and the growth exponent log(t_N / t_1K) / log(N / 1K) (1 = linear, 2 = quadratic), plus
+the least-squares exponent over all sizes, and the number of pairs the matching head scored (exactly 2 N k when
+N > k: the algorithmic cost; a time ratio above it is the machine, e.g. caches or other jobs).
+
+    python benchmarks/bench_retrieval.py                     # ~1 min on 2 busy CPU cores
+    python benchmarks/bench_retrieval.py --sizes 1000 2000 4000 8000 --k 128 --num_frames 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import torch
+
+from instap_eval.zero_shot import zero_shot_retrieval
+from modeling_instap import InstAPConfig, InstAPModel
+
+
+def run_once(model, videos: torch.Tensor, input_ids, attention_mask, k: int, batch_size: int, fusion_batch_size: int):
+    """(dual encoder s, re-ranking s, total s, fused pairs) of one full evaluation."""
+    pairs = 0
+    original = model.match_score
+
+    def counting_match_score(video_hidden_states, *args, **kwargs):
+        nonlocal pairs
+        pairs += video_hidden_states.shape[0]
+        return original(video_hidden_states, *args, **kwargs)
+
+    model.match_score = counting_match_score
+    try:
+        start = time.perf_counter()
+        result = zero_shot_retrieval(
+            model,
+            lambda: iter(videos.split(batch_size)),
+            input_ids,
+            attention_mask,
+            torch.arange(videos.shape[0]),
+            k=k,
+            fusion_batch_size=fusion_batch_size,
+        )
+        total = time.perf_counter() - start
+    finally:
+        del model.match_score
+    return result.timings["dual_encoder_s"], result.timings["rerank_s"], total, pairs
+
+
+def fitted_exponent(sizes: list[int], times: list[float]) -> float:
+    """Least-squares slope of log(time) against log(N)."""
+    xs, ys = [math.log(n) for n in sizes], [math.log(t) for t in times]
+    mean_x, mean_y = sum(xs) / len(xs), sum(ys) / len(ys)
+    denominator = sum((x - mean_x) ** 2 for x in xs)
+    return sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys)) / denominator if denominator else float("nan")
+
+
+def main(argv=None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000], help="N (the first is the reference)")
+    parser.add_argument("--k", type=int, default=16, help="candidates re-ranked per query (fixed across N)")
+    parser.add_argument("--num_frames", type=int, default=2)
+    parser.add_argument("--text_length", type=int, default=16)
+    parser.add_argument("--batch_size", type=int, default=256, help="videos per encoder batch")
+    parser.add_argument("--fusion_batch_size", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per size (round-robin); the fastest counts")
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads; 1 by default: on a shared CPU, small ops with more threads than free cores spin-wait and "
+             "times vary several-fold between runs",
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    config = InstAPConfig.from_preset("tiny")
+    model = InstAPModel(config).eval()
+    size = config.vision_config.image_size
+    vocab = config.text_config.vocab_size
+
+    def data(count: int):
+        generator = torch.Generator().manual_seed(count)
+        videos = torch.randn(count, args.num_frames, 3, size, size, generator=generator)
+        ids = torch.randint(4, vocab, (count, args.text_length), generator=generator)
+        ids[:, 0] = config.text_config.cls_token_id
+        ids[:, -1] = config.text_config.sep_token_id
+        return videos, ids, torch.ones_like(ids)
+
+    run_once(model, *data(128), k=args.k, batch_size=args.batch_size, fusion_batch_size=args.fusion_batch_size)  # warm-up
+    # Round-robin over the sizes, so that a change in the machine's load hits every size; the fastest run counts.
+    runs: dict[int, list] = {count: [] for count in args.sizes}
+    for repeat in range(args.repeats):
+        for count in args.sizes:
+            videos, ids, mask = data(count)
+            runs[count].append(run_once(model, videos, ids, mask, args.k, args.batch_size, args.fusion_batch_size))
+            dual, rerank, _, pairs = runs[count][-1]
+            print(f"run {repeat + 1}, N={count}: dual encoder {dual:.2f} s, re-ranking {rerank:.2f} s ({pairs} fused pairs)",
+                  flush=True)
+    rows = []
+    for count in args.sizes:
+        dual, rerank, total = (min(values) for values in list(zip(*runs[count]))[:3])
+        rows.append({"n": count, "dual_s": dual, "rerank_s": rerank, "total_s": total, "pairs": runs[count][0][3]})
+
+    reference = rows[0]
+    print(f"\nZero-shot retrieval, tiny InstAP, k={args.k}, {args.num_frames} frames at {size}², "
+          f"{args.threads} threads (ratios and exponents against N={reference['n']})\n")
+    print("| N | dual encoder s | ratio | exponent | re-ranking s | ratio | exponent | fused pairs | ratio | total s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for row in rows:
+        cells = [str(row["n"])]
+        for key in ("dual_s", "rerank_s"):
+            ratio = row[key] / reference[key]
+            scale = row["n"] / reference["n"]
+            exponent = math.log(ratio) / math.log(scale) if scale != 1 else float("nan")
+            row[key.replace("_s", "_ratio")], row[key.replace("_s", "_exponent")] = ratio, exponent
+            cells += [f"{row[key]:.2f}", f"{ratio:.2f}", "-" if scale == 1 else f"{exponent:.2f}"]
+        cells += [str(row["pairs"]), f"{row['pairs'] / reference['pairs']:.2f}", f"{row['total_s']:.2f}"]
+        print("| " + " | ".join(cells) + " |")
+    sizes = [row["n"] for row in rows]
+    if len(rows) > 1:
+        print(f"\nFitted exponent over all sizes: dual encoder {fitted_exponent(sizes, [r['dual_s'] for r in rows]):.2f}, "
+              f"re-ranking {fitted_exponent(sizes, [r['rerank_s'] for r in rows]):.2f} (1 = linear in N).")
+    return rows
+
+
+if __name__ == "__main__":
+    main()
