@@ -126,6 +126,12 @@ def test_check_hub_folder_reports_what_would_break(tmp_path, exported):
     assert any("extra_instap.py" in p and "instap_processing" in p for p in problems)
     with pytest.raises(TypeError, match="InstAP model"):
         export_for_hub(torch.nn.Linear(2, 2), processor, tmp_path / "nope")
+    # LoRA adapters must be merged first: a PeftModel would save only the adapters.
+    from instap_train.peft_utils import apply_lora
+
+    with pytest.raises(TypeError, match="merge"):
+        export_for_hub(apply_lora(make_model(pretraining=False)), processor, tmp_path / "lora")
+    assert not (tmp_path / "lora").exists()
 
 
 _REMOTE_SCRIPT = """

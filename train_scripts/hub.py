@@ -143,11 +143,13 @@ def export_for_hub(
     from .model_card import generate_model_card
 
     out_dir = os.fspath(out_dir)
-    if not isinstance(getattr(model, "config", None), InstAPConfig):
+    if hasattr(model, "peft_config"):
         raise TypeError(
-            f"export_for_hub needs an InstAP model (config InstAPConfig), got {type(model).__name__}. A PEFT model "
-            "must be merged first (`model.merge_and_unload()`)."
+            "export_for_hub needs a plain InstAP model; merge the LoRA adapters first "
+            "(`model = model.merge_and_unload()`, or `instap_train.peft_utils.merge_and_save`)."
         )
+    if not isinstance(getattr(model, "config", None), InstAPConfig):
+        raise TypeError(f"export_for_hub needs an InstAP model (config InstAPConfig), got {type(model).__name__}.")
     if backbone_only and hasattr(model, "instap"):
         model = model.instap
     os.makedirs(out_dir, exist_ok=True)

@@ -295,7 +295,8 @@ def _parameter_counts(folder: str) -> tuple[dict[str, int], dict[str, float]]:
                 counts[part] = counts.get(part, 0) + size
                 if name in ("temperature", "instance_temperature"):
                     temperatures[name] = float(handle.get_tensor(key).float())
-    return counts, temperatures
+    order = [label for _, label in _PARTS] + [OTHER_PART]
+    return {label: counts[label] for label in order if label in counts}, temperatures
 
 
 def _detect_preset(config) -> str:
