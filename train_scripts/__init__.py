@@ -9,7 +9,6 @@ from .trainer import (
     no_decay_parameter,
 )
 
-
 __all__ = [
     "InstAPAlignTrainer",
     "InstAPPretrainTrainer",

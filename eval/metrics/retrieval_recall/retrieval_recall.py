@@ -8,6 +8,7 @@ installed `instap_eval` package by absolute name (relative imports would not res
 import datasets
 import evaluate
 import numpy as np
+
 from instap_eval.retrieval import retrieval_metrics
 
 _CITATION = """\
