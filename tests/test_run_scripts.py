@@ -86,7 +86,10 @@ def test_log_reports_every_term_averaged(synthetic_dir, tmp_path):
 
     script.InstAPAlignTrainer = CapturingTrainer
     try:
-        run_align(common_args(synthetic_dir, tmp_path / "out", 2) + ["--eval_splits", ""])
+        run_align(
+        common_args(synthetic_dir, tmp_path / "out", 2)
+        + ["--eval_splits", "video_1k", "--eval_strategy", "steps", "--eval_steps", "2", "--rerank_k", "2"]
+    )
     finally:
         script.InstAPAlignTrainer = original
     train_logs = [log for log in seen if "loss" in log]
@@ -95,6 +98,10 @@ def test_log_reports_every_term_averaged(synthetic_dir, tmp_path):
         for term in ("loss_rec", "loss_vtc", "loss_vtm", "loss_mlm", "loss_inst_vtc", "loss_inst_vtm", "loss_inst_mlm"):
             assert term in log and log[term] >= 0
         assert 0.001 <= log["temperature"] <= 0.5 and 0.001 <= log["instance_temperature"] <= 0.5
+    # Retrieval on the held-out split during training, over all 12 pairs of the split.
+    eval_logs = [log for log in seen if "eval_r_mean" in log]
+    assert len(eval_logs) == 1 and eval_logs[0]["eval_num_pairs"] == 12
+    assert 0.0 <= eval_logs[0]["eval_t2v_r1"] <= 100.0
 
 
 def test_streaming_training_runs(synthetic_dir, tmp_path):

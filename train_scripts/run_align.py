@@ -166,11 +166,18 @@ def main(argv: list[str] | None = None) -> dict:
         dataset, data_args, num_frames, training_args.per_device_train_batch_size, training_args.data_seed or 0,
         config.max_instances_per_sample, stage=2,
     )
+    # Retrieval on a held-out split during training (`--eval_strategy steps --eval_steps N`): the first eval split.
+    eval_splits = [name.strip() for name in data_args.eval_splits.split(",") if name.strip()]
+    eval_dataset = None
+    if training_args.eval_strategy != "no" and eval_splits:
+        eval_dataset = build_eval_dataset(dataset, eval_splits[0], data_args, num_frames)
     trainer = InstAPAlignTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
         data_collator=InstAPDataCollator(processor, text=True, instances=True, training=True),
+        eval_data_collator=InstAPDataCollator(processor, text=True, instances=False, training=False),
         processing_class=processor,
     )
     train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
