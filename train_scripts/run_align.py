@@ -15,10 +15,8 @@ and instance retrieval on the test splits.
 import json
 import math
 import os
-import sys
 
 import torch
-from transformers import HfArgumentParser, TrainingArguments, set_seed
 from transformers.utils import logging
 
 from instap_eval.zero_shot import instance_retrieval, zero_shot_retrieval
@@ -33,6 +31,7 @@ from instap_train.factory import (
     build_tokenizer,
     build_train_dataset,
     collate_eval_batches,
+    parse_script_arguments,
     resolve_dataset,
 )
 from modeling_instap import InstAPForMaskedVideoModeling, InstAPForPreTraining
@@ -131,25 +130,7 @@ def evaluate_splits(
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    if not argv:
-        fields = {name for dc in parser.dataclass_types for name in dc.__dataclass_fields__}
-        demo = {key: value for key, value in DEMO_ARGUMENTS.items() if key in fields and value is not None}
-        model_args, data_args, training_args = parser.parse_dict(demo)
-    elif len(argv) == 1 and argv[0].endswith(".json"):
-        model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
-    # Decoding and collating happen in the collator; Trainer must pass every column through, and each rank decodes
-    # its own shard of a stream instead of rank 0 decoding and broadcasting every batch.
-    training_args.remove_unused_columns = False
-    training_args.accelerator_config.dispatch_batches = False
-    set_seed(training_args.seed)
-    if not torch.cuda.is_available():
-        # On CPU the DataLoader workers need cores too; with more intra-op threads than free cores, small ops
-        # spin-wait on each other (measured: a tiny step went from 0.22 s to 1.5-13 s on 2 cores with 2 workers).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - training_args.dataloader_num_workers))
+    model_args, data_args, training_args = parse_script_arguments(argv, DEMO_ARGUMENTS)
 
     dataset = resolve_dataset(data_args)
     tokenizer = build_tokenizer(model_args, dataset, data_args, training_args.output_dir)

@@ -10,20 +10,15 @@ the teacher's last K layers there. The saved folder initialises stage 2: `run_al
 """
 
 import os
-import sys
-
-import torch
-from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from instap_processing.collator import InstAPDataCollator
 from instap_train import InstAPPretrainTrainer
 from instap_train.factory import (
-    DataArguments,
-    ModelArguments,
     build_config,
     build_processor,
     build_tokenizer,
     build_train_dataset,
+    parse_script_arguments,
     resolve_dataset,
 )
 from modeling_instap import InstAPForMaskedVideoModeling
@@ -47,19 +42,7 @@ DEMO_ARGUMENTS = {
 
 
 def main(argv: list[str] | None = None):
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    if not argv:
-        fields = {name for dc in parser.dataclass_types for name in dc.__dataclass_fields__}
-        model_args, data_args, training_args = parser.parse_dict({k: v for k, v in DEMO_ARGUMENTS.items() if k in fields})
-    else:
-        model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
-    training_args.remove_unused_columns = False
-    training_args.accelerator_config.dispatch_batches = False
-    set_seed(training_args.seed)
-    if not torch.cuda.is_available():
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - training_args.dataloader_num_workers))
-
+    model_args, data_args, training_args = parse_script_arguments(argv, DEMO_ARGUMENTS)
     dataset = resolve_dataset(data_args)
     if model_args.model_name_or_path:
         model = InstAPForMaskedVideoModeling.from_pretrained(model_args.model_name_or_path)
