@@ -6,6 +6,8 @@ Not a test module (pytest collects `test_*.py` only).
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 import os
 import subprocess
 import sys
@@ -112,11 +114,28 @@ def run_fresh(script: str, args: list[str], tmp_path, cwd: str = "/tmp", timeout
     )
 
 
-def isolate_remote_code(monkeypatch, tmp_path) -> None:
-    """In this process: remote code goes to a temporary modules cache, and `transformers_modules` is re-imported
-    from it (monkeypatch restores both)."""
+@contextlib.contextmanager
+def isolated_remote_code(tmp_path):
+    """In this process, for the duration: remote code goes to a temporary modules cache and `transformers_modules`
+    is imported from there. Afterwards `sys.path`, the cache setting and the `transformers_modules` entries of
+    `sys.modules` are as before (transformers appends each modules cache it meets to `sys.path`, where a stale one
+    would shadow the next test's)."""
     import transformers.dynamic_module_utils as dynamic_module_utils
 
-    monkeypatch.setattr(dynamic_module_utils, "HF_MODULES_CACHE", str(tmp_path / "modules"))
-    for name in [name for name in sys.modules if name.split(".")[0] == "transformers_modules"]:
-        monkeypatch.delitem(sys.modules, name)
+    def remote(name: str) -> bool:
+        return name.split(".")[0] == "transformers_modules"
+
+    saved_cache, saved_path = dynamic_module_utils.HF_MODULES_CACHE, list(sys.path)
+    saved_modules = {name: module for name, module in sys.modules.items() if remote(name)}
+    for name in saved_modules:
+        del sys.modules[name]
+    dynamic_module_utils.HF_MODULES_CACHE = str(tmp_path / "modules")
+    try:
+        yield
+    finally:
+        dynamic_module_utils.HF_MODULES_CACHE = saved_cache
+        sys.path[:] = saved_path
+        for name in [name for name in sys.modules if remote(name)]:
+            del sys.modules[name]
+        sys.modules.update(saved_modules)
+        importlib.invalidate_caches()

@@ -10,7 +10,7 @@ import pytest
 import torch
 from hub_helpers import (
     coloured_frames,
-    isolate_remote_code,
+    isolated_remote_code,
     make_model,
     make_processor,
     run_fresh,
@@ -67,14 +67,14 @@ def _check_result(result, labels, expected: torch.Tensor) -> None:
     torch.testing.assert_close(torch.tensor([by_label[label] for label in labels]), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_pipeline_from_exported_folder(setup, tmp_path, monkeypatch):
+def test_pipeline_from_exported_folder(setup, tmp_path):
     _, _, exported, _, video = setup
-    isolate_remote_code(monkeypatch, tmp_path)
-    classifier = pipeline(TASK, model=str(exported), trust_remote_code=True)
-    # config.json's custom_pipelines names the copied pipeline code.
-    assert type(classifier).__name__ == "InstAPZeroShotVideoClassificationPipeline"
-    assert type(classifier).__module__.startswith("transformers_modules.")
-    result = classifier(video, candidate_labels=LABELS)
+    with isolated_remote_code(tmp_path):
+        classifier = pipeline(TASK, model=str(exported), trust_remote_code=True)
+        # config.json's custom_pipelines names the copied pipeline code.
+        assert type(classifier).__name__ == "InstAPZeroShotVideoClassificationPipeline"
+        assert type(classifier).__module__.startswith("transformers_modules.")
+        result = classifier(video, candidate_labels=LABELS)
     expected = _direct_scores(exported, video, LABELS)
     assert expected.max() > 0.4  # the scores are informative, not uniform
     _check_result(result, LABELS, expected)
@@ -150,7 +150,7 @@ print("PIPELINE-OK")
 """
 
 
-def test_pipeline_in_a_fresh_process_without_instap(setup, tmp_path, monkeypatch):
+def test_pipeline_in_a_fresh_process_without_instap(setup, tmp_path):
     model, processor, exported, _, video = setup
     expected = InstAPZeroShotVideoClassificationPipeline(model=model, processor=processor, task=TASK)(
         video, candidate_labels=LABELS
