@@ -191,6 +191,10 @@ def test_generated_card_from_instap_eval_outputs_and_a_base_card(trained_folder,
     text = card.content
     assert "## Intended uses and limitations" in text and "## Training data" in text
     assert text.count("## Citation") == 1 and text.count("## How to use") == 1
+    # Not the base card's introduction or model description: they are about InstAP-L and the paper's numbers.
+    assert "About the evaluation numbers" not in text and "## Model description" not in text
+    assert "InstAP-L" not in text.split("## Evaluation results (this checkpoint)")[0]
+    assert "## Evaluation results (reported in the paper)" in text  # kept, and labelled as the paper's
     assert '"org/instap-l"' not in text and 'AutoProcessor.from_pretrained("me/run"' in text
 
 

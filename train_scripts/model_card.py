@@ -72,7 +72,9 @@ TASKS = {
 SCORINGS = {"dual encoder": ("", "dual encoder"), "re-ranked": ("_reranked", "re-ranked by the matching head")}
 INSTVL_SPLITS = ("img_1k", "img_10k", "img_zero_1k", "img_zero_10k", "video_1k")
 # Sections of a base card that a generated card replaces with its own.
-REGENERATED_SECTIONS = ("How to use", "Model details", "Evaluation results (this checkpoint)")
+REGENERATED_SECTIONS = (
+    "How to use", "Model details", "Model description", "Evaluation results (this checkpoint)",
+)
 
 # METHOD §8: zero-shot T2V R@1/5/10 (paper Table 2) and InstVL T2V R@1 (Table 1).
 PAPER_ZERO_SHOT = {
@@ -613,18 +615,28 @@ def generate_model_card(
 
     parts: list[str] = []
     base_sections = _sections(base.text) if base is not None else []
-    intro = next((text for title, text in base_sections if title == ""), None)
-    parts.append(intro if intro else f"# {model_name}\n\nAn InstAP video-language model (instance-aware "
-                 "video-text pre-training on a UMT backbone), preset "
-                 f"`{info['preset']}`.")
+    # The base card's introduction and model description are about its own model (e.g. InstAP-L and the paper's
+    # numbers): this checkpoint gets its own, and the base card contributes its general sections.
+    kept = [text for title, text in base_sections if title and not title.startswith(REGENERATED_SECTIONS)]
     parts.append(
-        f"This card was generated from the checkpoint's configuration and weights by "
+        f"# {model_name}\n\nAn InstAP video-language model (instance-aware video-language pre-training on a UMT "
+        f"backbone; [paper]({PAPER_URL})), preset `{info['preset']}`: a video encoder and a text encoder aligned in "
+        "a shared space, a fusion encoder with a matching head, and an attention pool for instance (region or "
+        "region-track) embeddings."
+    )
+    generated = (
+        "This card was generated from the checkpoint's configuration and weights by "
         f"`instap_train.model_card.generate_model_card` (repository `{repo_id}`)."
     )
+    if kept:
+        generated += (
+            " The sections after \"How to use\" come from a base card and describe the InstAP method and the "
+            "paper's setting; numbers there are the paper's, not this checkpoint's."
+        )
+    parts.append(generated)
     parts.append(_details_markdown(info))
     parts.append("\n".join(evaluation))
     parts.append(usage_markdown(repo_id).strip())
-    kept = [text for title, text in base_sections if title and not title.startswith(REGENERATED_SECTIONS)]
     parts += kept
     if not any(title.startswith("Citation") for title, _ in base_sections):
         parts.append("## Citation\n\n```bibtex\n" + CITATION + "\n```")
