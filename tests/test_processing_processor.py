@@ -244,6 +244,9 @@ def test_remote_code_round_trip(processor, tmp_path, monkeypatch):
 
     for name in [name for name in sys.modules if name.split(".")[0] == "transformers_modules"]:
         monkeypatch.delitem(sys.modules, name)
+    # ... and found first on sys.path (the default cache, which `evaluate` puts on sys.path, would shadow it).
+    (tmp_path / "modules").mkdir()
+    monkeypatch.syspath_prepend(str(tmp_path / "modules"))
     monkeypatch.setattr(InstAPProcessor, "_auto_class", "AutoProcessor")
     monkeypatch.setattr(InstAPVideoProcessor, "_auto_class", "AutoVideoProcessor")
     processor.save_pretrained(tmp_path / "saved")
