@@ -57,6 +57,10 @@ def test_stage1_then_stage2_then_load(synthetic_dir, tmp_path, capsys):
     assert saved["global_step"] == 3
     assert "| video_1k instance, re-ranked |" in capsys.readouterr().out
 
+    # The folder carries its own model card with the measured results.
+    card = (stage2_dir / "README.md").read_text()
+    assert "model-index" in card and "video_1k" in card
+
     # The output folder is a checkpoint AutoModel loads directly, with its processor beside it.
     backbone = AutoModel.from_pretrained(stage2_dir)
     assert isinstance(backbone, InstAPModel)
@@ -108,6 +112,12 @@ def test_streaming_training_runs(synthetic_dir, tmp_path):
     """`--streaming`: the split is read as a `datasets.IterableDataset` and decoded in the loader."""
     from instap_train.run_align import main as run_align
 
-    results = run_align(common_args(synthetic_dir, tmp_path / "stream", 2) + ["--streaming", "--eval_splits", ""])
+    results = run_align(
+        common_args(synthetic_dir, tmp_path / "stream", 2)
+        + ["--streaming", "--eval_splits", "", "--hub_model_id", "org/instap-test"]
+    )
     assert results == {}
     assert (tmp_path / "stream" / "model.safetensors").exists()
+    # --hub_model_id without --push_to_hub: a Hub-ready export and a dry run of the upload, nothing sent.
+    assert (tmp_path / "stream" / "hub" / "config.json").exists()
+    assert (tmp_path / "stream" / "hub" / "modeling_instap.py").exists()

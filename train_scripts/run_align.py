@@ -131,6 +131,8 @@ def evaluate_splits(
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_script_arguments(argv, DEMO_ARGUMENTS)
+    # Trainer would create the Hub repository at start (network); the export below pushes (or dry-runs) at the end.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
     dataset = resolve_dataset(data_args)
     tokenizer = build_tokenizer(model_args, dataset, data_args, training_args.output_dir)
@@ -175,8 +177,28 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"\nInstAP after {train_result.global_step} steps (final training loss {train_result.training_loss:.4f})")
         if results:
             print(format_table(results))
-        with open(os.path.join(training_args.output_dir, "eval_results.json"), "w", encoding="utf-8") as handle:
+        eval_json = os.path.join(training_args.output_dir, "eval_results.json")
+        with open(eval_json, "w", encoding="utf-8") as handle:
             json.dump({"global_step": train_result.global_step, "results": results}, handle, indent=2)
+        # The folder's own card, with the results just measured in its model-index.
+        from instap_train.model_card import generate_model_card
+
+        generate_model_card(
+            training_args.output_dir, repo_id=training_args.hub_model_id, dataset_id=data_args.dataset_name_or_path
+        ).save(os.path.join(training_args.output_dir, "README.md"))
+        if training_args.hub_model_id:
+            from instap_train.hub import export_for_hub, push_folder
+
+            hub_dir = os.path.join(training_args.output_dir, "hub")
+            export_for_hub(
+                unwrapped.merge_and_unload() if model_args.lora else unwrapped, processor, hub_dir, eval_json,
+                repo_id=training_args.hub_model_id, dataset_id=data_args.dataset_name_or_path,
+            )
+            # Without --push_to_hub this is a dry run: it lists what would be uploaded.
+            print(push_folder(
+                hub_dir, training_args.hub_model_id, dry_run=not push_to_hub,
+                private=training_args.hub_private_repo, token=training_args.hub_token,
+            ))
     return {name: {k: v for k, v in metrics.items() if not math.isnan(v)} for name, metrics in results.items()}
 
 
