@@ -57,8 +57,9 @@ DEMO_ARGUMENTS = {
     "data_seed": 0,
     "rerank_k": 16,
     # From scratch the teacher is random, so its "attention-guided" masks carry no information and ρ = 0.8 hides
-    # most of the small synthetic objects (measured: global mean recall 9.9 at 0.8/0.5 against 19.4 at 0.5/0.25
-    # after 400 steps). 64² frames give the objects a few patches each (32²: 7.7). Real runs keep METHOD's 0.8/0.5.
+    # most of the small synthetic objects (single 400-step runs: global mean recall 9.9 at 0.8/0.5, 19.4 at
+    # 0.5/0.25; run-to-run variation is large, see the README). 64² frames give the objects a few patches each
+    # (32²: 7.7). Real runs keep METHOD's 0.8/0.5.
     "config_overrides": "video_mask_ratio=0.5,image_mask_ratio=0.25,vision_config.image_size=64,"
     "teacher_config.image_size=64,teacher_image_size=64",
 }
