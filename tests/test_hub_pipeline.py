@@ -26,14 +26,6 @@ from modeling_instap import InstAPModel
 LABELS = ["a red square moving right", "a green field", "the blue circle", "two black objects"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("pipeline")

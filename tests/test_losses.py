@@ -522,7 +522,7 @@ def test_two_process_gloo_matches_single_process():
 
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_dist_worker, args=(os.path.join(tmp, "store"), tmp), nprocs=_WORLD, join=True)
-        per_rank = [torch.load(os.path.join(tmp, f"rank{r}.pt")) for r in range(_WORLD)]
+        per_rank = [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=True) for r in range(_WORLD)]
 
     prob = _global_problem()
     for use_ids, mode in _MODES:

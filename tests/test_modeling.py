@@ -41,15 +41,6 @@ PROJ = 32
 TEACHER_PROJ = 32
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors: one intra-op thread is as fast, and spares the test the oversubscription of a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

@@ -25,15 +25,6 @@ AUTO_MAP = {
 REMOTE_FILES = {"configuration_instap.py", "modeling_instap.py", "losses.py", "masking.py"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors: one intra-op thread is as fast, and spares the test the oversubscription of a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

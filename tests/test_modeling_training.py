@@ -15,15 +15,6 @@ from modeling_instap import InstAPForPreTraining, InstAPModel
 TERMS = ("loss_rec", "loss_vtc", "loss_vtm", "loss_mlm", "loss_inst_vtc", "loss_inst_vtm", "loss_inst_mlm")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    # Tiny tensors: one intra-op thread is as fast, and spares the test the oversubscription of a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _step(model: InstAPForPreTraining, batch: dict, seed: int = 1234):
     """One forward + backward with the random draws (masks, negatives, MLM) seeded; returns output and grads."""
     model.zero_grad(set_to_none=True)
