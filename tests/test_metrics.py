@@ -8,13 +8,14 @@ import doctest
 import os
 
 import evaluate
-import instap_eval
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
+
+import instap_eval
 from instap_eval import (
     available_metrics,
     box_cxcywh_to_xyxy,
