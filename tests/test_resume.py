@@ -144,6 +144,28 @@ def test_nonfinite_step_gives_zero_gradient(tmp_path):
     assert any(not torch.equal(skipped[name], last[name]) for name in first)
 
 
+def test_nonfinite_step_skips_the_adamw_update(tmp_path):
+    """With AdamW, momentum and weight decay: a NaN step still leaves every parameter exactly as it was."""
+    snapshots = []
+
+    class Snapshot(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            snapshots.append({n: p.detach().clone() for n, p in model.named_parameters()})
+
+    trainer = InstAPAlignTrainer(
+        model=_model(0),
+        args=align_training_arguments(str(tmp_path), max_steps=3, weight_decay=0.05),
+        train_dataset=SyntheticAlignDataset(length=16),
+        data_collator=NaNPixelsOnCalls({2}),
+        callbacks=[Snapshot()],
+    )
+    trainer.train()
+    first, skipped, last = snapshots
+    assert trainer.nonfinite_steps == 1
+    assert all(torch.equal(first[name], skipped[name]) for name in first)
+    assert any(not torch.equal(skipped[name], last[name]) for name in first)
+
+
 def test_consecutive_nonfinite_steps_raise_before_a_broken_checkpoint(tmp_path):
     trainer = InstAPAlignTrainer(
         model=_model(0),

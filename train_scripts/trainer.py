@@ -57,6 +57,27 @@ class _InstAPTrainer(Trainer):
         self._term_sums = torch.zeros(len(self.loss_terms), dtype=torch.float64)
         self._term_counts = torch.zeros(len(self.loss_terms), dtype=torch.float64)
         self._last_temperatures: dict[str, float] = {}
+        self._skip_optimizer_step = False
+
+    def create_optimizer(self, model=None):
+        """The Trainer's AdamW, whose `step` is skipped after a non-finite loss in its accumulation window.
+
+        A zero gradient alone is not a skipped step: AdamW would still apply its momentum and weight decay. Not
+        under DeepSpeed, whose engine owns the update (ZeRO-2 then applies the zero gradient; ZeRO-3 stops).
+        """
+        optimizer = super().create_optimizer(model)
+        if not self.is_deepspeed_enabled and not getattr(optimizer, "_instap_skippable", False):
+            update = optimizer.step
+
+            def step(*args, **kwargs):
+                if self._skip_optimizer_step:
+                    self._skip_optimizer_step = False
+                    return None
+                return update(*args, **kwargs)
+
+            optimizer.step = step
+            optimizer._instap_skippable = True
+        return optimizer
 
     def get_train_dataloader(self):
         """InstVL data: batches of one media type, decoded in the workers, each sample decoded by one rank only.
@@ -162,9 +183,10 @@ class _InstAPTrainer(Trainer):
                 "is saved. Lower the learning rate, check the data, or raise max_consecutive_nonfinite."
             )
         logger.warning(
-            f"Non-finite loss at step {self.state.global_step}; the step contributes no gradient "
+            f"Non-finite loss at step {self.state.global_step}; the optimizer update of this step is skipped "
             f"({self.nonfinite_steps} such steps so far)."
         )
+        self._skip_optimizer_step = True
         # A zero that still touches every trainable parameter, so DDP's reducer sees all of them.
         return sum((param * 0.0).sum() for param in model.parameters() if param.requires_grad)
 
