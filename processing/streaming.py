@@ -200,6 +200,32 @@ def prepare_example(
     )
 
 
+def _prepare_or_skip(
+    dataset: InstVLIterableDataset | InstVLMapDataset, raw: Mapping[str, Any], tracker: BadSampleTracker
+) -> InstVLExample | None:
+    """`prepare_example` with a dataset's options; a bad sample is counted and gives `None` (or raises when the
+    dataset does not skip bad samples). Shared by the streamed and the map-style dataset."""
+    try:
+        example = prepare_example(
+            raw,
+            num_frames=dataset.num_frames,
+            frame_sampling="rand" if dataset.training else "middle",
+            epoch=dataset.epoch,
+            seed=dataset.seed,
+            max_instances_per_sample=dataset.max_instances_per_sample,
+            require_caption=dataset.require_caption,
+            load_instances=dataset.load_instances,
+            decode_threads=dataset.decode_threads,
+        )
+    except InstVLSampleError as error:
+        if not dataset.skip_bad_samples:
+            raise
+        tracker.record_bad(error)
+        return None
+    tracker.record_good()
+    return example
+
+
 def media_type_schedule(weights: Mapping[str, float], seed: int, epoch: int) -> Iterator[str]:
     """The media type of each step: an endless seeded draw with probabilities proportional to `weights`.
 
@@ -347,27 +373,10 @@ class InstVLIterableDataset(IterableDataset):
         return itertools.islice(records, worker.id, None, worker.num_workers)
 
     def _examples(self, tracker: BadSampleTracker) -> Iterator[InstVLExample]:
-        frame_sampling = "rand" if self.training else "middle"
         for raw in self._records_of_this_worker():
-            try:
-                example = prepare_example(
-                    raw,
-                    num_frames=self.num_frames,
-                    frame_sampling=frame_sampling,
-                    epoch=self.epoch,
-                    seed=self.seed,
-                    max_instances_per_sample=self.max_instances_per_sample,
-                    require_caption=self.require_caption,
-                    load_instances=self.load_instances,
-                    decode_threads=self.decode_threads,
-                )
-            except InstVLSampleError as error:
-                if not self.skip_bad_samples:
-                    raise
-                tracker.record_bad(error)
-                continue
-            tracker.record_good()
-            yield example
+            example = _prepare_or_skip(self, raw, tracker)
+            if example is not None:
+                yield example
         tracker.check_end_of_stream()
 
     def __iter__(self) -> Iterator[InstVLExample]:
@@ -438,25 +447,7 @@ class InstVLMapDataset(Dataset):
         return [record.get("media_type") for record in self.records]
 
     def __getitem__(self, index: int) -> InstVLExample | None:
-        try:
-            example = prepare_example(
-                self.records[int(index)],
-                num_frames=self.num_frames,
-                frame_sampling="rand" if self.training else "middle",
-                epoch=self.epoch,
-                seed=self.seed,
-                max_instances_per_sample=self.max_instances_per_sample,
-                require_caption=self.require_caption,
-                load_instances=self.load_instances,
-                decode_threads=self.decode_threads,
-            )
-        except InstVLSampleError as error:
-            if not self.skip_bad_samples:
-                raise
-            self.tracker.record_bad(error)
-            return None
-        self.tracker.record_good()
-        return example
+        return _prepare_or_skip(self, self.records[int(index)], self.tracker)
 
 
 class MediaTypeBatchSampler(Sampler[list[int]]):
