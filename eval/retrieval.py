@@ -36,6 +36,7 @@ import torch
 __all__ = [
     "DEFAULT_CHUNK_ELEMENTS",
     "GroundTruth",
+    "ground_truth_with_identical_texts",
     "TieBreak",
     "metrics_from_ranks",
     "retrieval_metrics",
@@ -324,3 +325,39 @@ def video_text_retrieval_metrics(
     results.update({f"v2t_{key}": value for key, value in v2t.items()})
     results["r_mean"] = (t2v["r_mean"] + v2t["r_mean"]) / 2
     return results
+
+
+def ground_truth_with_identical_texts(
+    text_to_video: GroundTruth, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+) -> list[list[int]]:
+    """Extend the ground truth so that texts with identical tokens share their videos (METHOD §5).
+
+    Two captions that tokenize alike cannot be told apart by any model: a video described by one of them is
+    correctly retrieved by the other, and the best-ranked correct item counts. Without this, a split whose
+    captions repeat (several instances described by the same words) counts a correct retrieval as a miss.
+
+    Args:
+        text_to_video: the ground truth of `video_text_retrieval_metrics`, one of its three forms.
+        input_ids, attention_mask: `(num_texts, length)` the tokenized texts (padding ignored).
+
+    Returns:
+        One list of video indices per text: the videos of every text with the same tokens.
+    """
+    input_ids = _as_tensor(input_ids).cpu()
+    num_texts = input_ids.shape[0]
+    if attention_mask is not None:
+        input_ids = input_ids * _as_tensor(attention_mask).cpu().to(input_ids.dtype)
+    _, group = torch.unique(input_ids, dim=0, return_inverse=True)
+    if isinstance(text_to_video, (torch.Tensor, np.ndarray)) and text_to_video.dtype in (torch.bool, np.bool_):
+        dense = _as_tensor(text_to_video).cpu()  # (num_videos, num_texts)
+        per_text = [dense[:, t].nonzero().flatten().tolist() for t in range(num_texts)]
+    elif isinstance(text_to_video, (torch.Tensor, np.ndarray)):
+        per_text = [[int(v)] for v in _as_tensor(text_to_video).cpu().tolist()]
+    else:
+        per_text = [[int(v)] if isinstance(v, (int, np.integer)) else [int(i) for i in v] for v in text_to_video]
+    if len(per_text) != num_texts:
+        raise ValueError(f"The ground truth describes {len(per_text)} texts but {num_texts} were tokenized.")
+    videos_of_group: dict[int, set[int]] = {}
+    for text, videos in enumerate(per_text):
+        videos_of_group.setdefault(int(group[text]), set()).update(videos)
+    return [sorted(videos_of_group[int(group[text])]) for text in range(num_texts)]

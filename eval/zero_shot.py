@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .retrieval import video_text_retrieval_metrics
+from .retrieval import ground_truth_with_identical_texts, video_text_retrieval_metrics
 
 __all__ = [
     "EncodedTexts",
@@ -172,6 +172,7 @@ def zero_shot_retrieval(
     rerank: bool = True,
     text_batch_size: int = 256,
     fusion_batch_size: int = 256,
+    identical_texts_match: bool = True,
 ) -> RetrievalResult:
     """Global video-text retrieval: dual-encoder scores, then matching-head re-ranking of the top `k`.
 
@@ -181,12 +182,16 @@ def zero_shot_retrieval(
         input_ids, attention_mask: all captions, tokenised.
         text_to_video: ground truth as accepted by `video_text_retrieval_metrics` (e.g. the video index of each
             caption; several captions may share a video).
+        identical_texts_match: texts with identical tokens share their videos in the ground truth
+            (`ground_truth_with_identical_texts`; METHOD §5: the best-ranked correct item counts).
     """
     import time
 
     model_was_training = _backbone(model).training
     _backbone(model).eval()
     timings = {}
+    if identical_texts_match:
+        text_to_video = ground_truth_with_identical_texts(text_to_video, input_ids, attention_mask)
     start = time.perf_counter()
     texts = encode_texts(model, input_ids, attention_mask, batch_size=text_batch_size)
     video_embeds, _ = encode_videos(model, video_batches())
@@ -229,6 +234,7 @@ def instance_retrieval(
     rerank: bool = True,
     use_attention_pool: bool = True,
     fusion_batch_size: int = 256,
+    identical_texts_match: bool = True,
 ) -> RetrievalResult:
     """Instance retrieval (METHOD §5): instance crops against all instance captions of the split.
 
@@ -240,7 +246,8 @@ def instance_retrieval(
 
     The crop of instance i is the query for its own caption i ("video" side = crops, "text" side = captions);
     re-ranking uses the matching head with the instance VTM context (the raw pooled crop embedding, or all crop
-    tokens, per `config.instance_vtm_context`).
+    tokens, per `config.instance_vtm_context`). With `identical_texts_match`, a crop whose caption is word for word
+    another instance's caption is correctly retrieved by either (many instances share a description).
     """
     import time
 
@@ -249,7 +256,7 @@ def instance_retrieval(
     backbone.eval()
     device = next(backbone.parameters()).device
     pooled_context = backbone.config.instance_vtm_context == "pooled"
-    crop_embeds, contexts, caption_embeds, caption_states, caption_masks = [], [], [], [], []
+    crop_embeds, contexts, caption_embeds, caption_states, caption_masks, caption_ids = [], [], [], [], [], []
     start = time.perf_counter()
     for batch in batches():
         if "instance_pixel_values" not in batch:
@@ -270,6 +277,7 @@ def instance_retrieval(
         caption_embeds.append(text.pooler_output.float().cpu())
         caption_states.append(text.last_hidden_state.cpu())
         caption_masks.append(batch["instance_attention_mask"].cpu())
+        caption_ids.append(batch["instance_input_ids"].cpu())
     if not crop_embeds:
         raise ValueError("No batch with instances: instance retrieval needs instance crops and captions.")
     lengths = {mask.shape[1] for mask in caption_masks}
@@ -279,6 +287,8 @@ def instance_retrieval(
     texts = EncodedTexts(torch.cat(caption_embeds), torch.cat(caption_states), torch.cat(caption_masks))
     scores = similarity_in_chunks(queries, texts.embeds)
     ground_truth = torch.arange(scores.shape[0])
+    if identical_texts_match:
+        ground_truth = ground_truth_with_identical_texts(ground_truth, torch.cat(caption_ids), texts.attention_mask)
     timings = {"dual_encoder_s": time.perf_counter() - start}
     metrics_dual = video_text_retrieval_metrics(scores, ground_truth)
     v2t = t2v = metrics_rerank = None

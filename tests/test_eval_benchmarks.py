@@ -18,7 +18,7 @@ from instap_eval.benchmarks import (
     is_benchmark_file,
     load_benchmark_json,
 )
-from instap_eval.retrieval import video_text_retrieval_metrics
+from instap_eval.retrieval import ground_truth_with_identical_texts, video_text_retrieval_metrics
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,8 @@ def _reference_metrics(model, processor, videos, texts, text_to_video, max_lengt
         ])
         tokens = processor.tokenize(texts, max_length)
         text_embeds = model.get_text_features(tokens["input_ids"], tokens["attention_mask"]).pooler_output
-    return video_text_retrieval_metrics(video_embeds @ text_embeds.t(), torch.tensor(text_to_video))
+    ground_truth = ground_truth_with_identical_texts(text_to_video, tokens["input_ids"], tokens["attention_mask"])
+    return video_text_retrieval_metrics(video_embeds @ text_embeds.t(), ground_truth)
 
 
 @pytest.mark.parametrize("paragraph", [False, True])
@@ -153,13 +154,16 @@ def test_instvl_split_global_and_instance(setup):
     dataset = InstVLMapDataset(records, num_frames=NUM_FRAMES, training=False, max_instances_per_sample=None)
     collator = InstAPDataCollator(processor, training=False)
     with torch.no_grad():
-        video_embeds, text_embeds = [], []
+        video_embeds, text_embeds, text_ids, text_masks = [], [], [], []
         for index in range(len(dataset)):  # record order, one sample at a time
             batch = collator([dataset[index]])
             video_embeds.append(model.get_video_features(batch["pixel_values"]).pooler_output)
             text_embeds.append(model.get_text_features(batch["input_ids"], batch["attention_mask"]).pooler_output)
+            text_ids.append(batch["input_ids"])
+            text_masks.append(batch["attention_mask"])
     scores = torch.cat(video_embeds) @ torch.cat(text_embeds).t()
-    reference = video_text_retrieval_metrics(scores, torch.arange(len(dataset)))
+    ground_truth = ground_truth_with_identical_texts(torch.arange(len(dataset)), torch.cat(text_ids), torch.cat(text_masks))
+    reference = video_text_retrieval_metrics(scores, ground_truth)
     assert result["global"]["dual_encoder"] == pytest.approx(reference, abs=1e-6)
     num_instances = sum(len(r) for r in records["instances"])
     assert result["num_instances"] == num_instances and result["attention_pool"] is True

@@ -89,3 +89,31 @@ def test_wrong_video_count_is_an_error(model_and_data):
 
     with pytest.raises(ValueError, match="yielded 5 videos"):
         zero_shot_retrieval(model, shrinking_batches, input_ids, attention_mask, text_to_video, k=2)
+
+
+def test_identical_texts_count_as_correct(model_and_data):
+    """Hand-made: texts 0 and 2 are the same words (with different padding) for videos 0 and 2."""
+    from instap_eval.retrieval import ground_truth_with_identical_texts
+
+    input_ids = torch.tensor([[1, 9, 8, 0], [1, 7, 0, 0], [1, 9, 8, 5], [1, 6, 0, 0]])
+    attention_mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 0], [1, 1, 0, 0]])
+    assert ground_truth_with_identical_texts([0, 1, 2, 3], input_ids, attention_mask) == [[0, 2], [1], [0, 2], [3]]
+    # Text 0 scores highest with video 2 (its twin's video): a hit once identical texts match, a miss before.
+    scores = torch.tensor([[0.1, 0.0, 0.2, 0.0], [0.0, 0.9, 0.0, 0.0], [0.8, 0.0, 0.7, 0.0], [0.0, 0.0, 0.0, 0.9]])
+    from instap_eval.retrieval import video_text_retrieval_metrics
+
+    strict = video_text_retrieval_metrics(scores, torch.arange(4))
+    shared = video_text_retrieval_metrics(scores, ground_truth_with_identical_texts(torch.arange(4), input_ids, attention_mask))
+    assert strict["t2v_r1"] == 75.0 and shared["t2v_r1"] == 100.0
+    assert strict["v2t_r1"] == 50.0 and shared["v2t_r1"] == 100.0
+
+    # Through zero_shot_retrieval: a caption repeated for two videos is correct for either.
+    model, videos, ids, mask, _ = model_and_data
+    ids = ids[:6].clone()
+    mask = torch.ones_like(ids)
+    ids[4] = ids[1]
+    result = zero_shot_retrieval(model, batches_of(videos, 3), ids, mask, torch.arange(6), k=3)
+    expected = video_text_retrieval_metrics(result.scores_dual, [[0], [1, 4], [2], [3], [1, 4], [5]])
+    assert result.metrics_dual == pytest.approx(expected)
+    off = zero_shot_retrieval(model, batches_of(videos, 3), ids, mask, torch.arange(6), k=3, identical_texts_match=False)
+    assert off.metrics_dual == pytest.approx(video_text_retrieval_metrics(result.scores_dual, torch.arange(6)))

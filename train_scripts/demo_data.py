@@ -51,13 +51,21 @@ def caption_vocabulary(captions) -> list[str]:
     return [word for word, _ in sorted(counts.items(), key=lambda item: (-item[1], item[0]))]
 
 
+# Single characters and their continuation pieces, so that a word outside the captions (a digit, a name in an
+# evaluation file) becomes word pieces instead of [UNK]: two different texts never tokenize alike.
+ALPHABET = [chr(c) for c in range(ord("a"), ord("z") + 1)] + [str(d) for d in range(10)]
+
+
 def build_caption_tokenizer(records, out_dir: str) -> BertTokenizerFast:
-    """A BERT WordPiece tokenizer whose vocabulary is the special tokens plus every word of the captions."""
+    """A BERT WordPiece tokenizer: the special tokens, every word of the captions, then single letters and digits
+    with their `##` continuation pieces."""
     captions = []
     for record in records:
         captions.append(record["caption"])
         captions.extend(instance["caption"] for instance in record.get("instances") or [])
-    vocab = SPECIAL_TOKENS + caption_vocabulary(captions)
+    words = caption_vocabulary(captions)
+    pieces = [char for char in ALPHABET if char not in words] + [f"##{char}" for char in ALPHABET]
+    vocab = SPECIAL_TOKENS + words + pieces
     os.makedirs(out_dir, exist_ok=True)
     vocab_file = os.path.join(out_dir, "vocab.txt")
     with open(vocab_file, "w", encoding="utf-8") as handle:
@@ -68,4 +76,4 @@ def build_caption_tokenizer(records, out_dir: str) -> BertTokenizerFast:
     return tokenizer
 
 
-__all__ = ["DEFAULT_CACHE", "SPECIAL_TOKENS", "build_caption_tokenizer", "caption_vocabulary", "ensure_synthetic_instvl"]
+__all__ = ["ALPHABET", "DEFAULT_CACHE", "SPECIAL_TOKENS", "build_caption_tokenizer", "caption_vocabulary", "ensure_synthetic_instvl"]
