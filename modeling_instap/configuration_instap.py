@@ -72,7 +72,9 @@ class InstAPVisionConfig(PreTrainedConfig):
         attention_dropout (`float`, defaults to 0.0): dropout on attention probabilities.
         drop_path_rate (`float`, defaults to 0.2): stochastic depth rate of the last block, increasing linearly
             from 0 over depth.
-        initializer_range (`float`, defaults to 0.02): std of the truncated normal weight init.
+        initializer_range (`float`, defaults to 0.02): std of the truncated normal weight init (UMT/ViT). Patch
+            tokens carry their content from the first layer, so the video tower is not collapsed at 0.02 at any
+            width (mean cosine of pooled videos 0.6-0.7 at width 64).
     """
 
     model_type = "instap_vision_model"
@@ -131,8 +133,12 @@ class InstAPTextConfig(PreTrainedConfig):
         num_attention_heads (`int`, defaults to 12), intermediate_size (`int`, defaults to 3072),
         hidden_act (`str`, defaults to `"gelu"`), hidden_dropout_prob (`float`, defaults to 0.1),
         attention_probs_dropout_prob (`float`, defaults to 0.1), max_position_embeddings (`int`, defaults to 512),
-        type_vocab_size (`int`, defaults to 2), layer_norm_eps (`float`, defaults to 1e-12),
-        initializer_range (`float`, defaults to 0.02): as in `BertConfig`.
+        type_vocab_size (`int`, defaults to 2), layer_norm_eps (`float`, defaults to 1e-12).
+        initializer_range (`float`, *optional*): std of the weight init of a from-scratch tower. By default
+            `hidden_size ** -0.5`, so each projection keeps the scale of its input at any width: with BERT's fixed
+            0.02 a narrow tower starts with every caption's [CLS] nearly the same vector (mean cosine 1.0000 at
+            width 64), a plateau that training leaves only by luck. The `instap-b`/`instap-l` presets set BERT's
+            0.02 (their text tower is loaded from BERT; only cross-attention starts fresh).
         fusion_layer (`int`, defaults to 9): index of the first fusion layer. Layers `[0, fusion_layer)` are the
             text encoder, layers `[fusion_layer, num_hidden_layers)` the fusion encoder.
         encoder_hidden_size (`int`, defaults to 768): width of the video tokens the fusion layers attend to. The
@@ -155,7 +161,7 @@ class InstAPTextConfig(PreTrainedConfig):
     max_position_embeddings: int = 512
     type_vocab_size: int = 2
     layer_norm_eps: float = 1e-12
-    initializer_range: float = 0.02
+    initializer_range: float | None = None
     fusion_layer: int = 9
     encoder_hidden_size: int = 768
     pad_token_id: int | None = 0
@@ -165,12 +171,14 @@ class InstAPTextConfig(PreTrainedConfig):
 
     def __post_init__(self, **kwargs):
         super().__post_init__(**kwargs)
+        if self.initializer_range is None:
+            self.initializer_range = self.hidden_size**-0.5
         self.validate_values()
 
     def validate_values(self):
         """Raise a `ValueError` naming the field if a value is out of range or inconsistent."""
         _check_positive(
-            self, "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+            self, "initializer_range", "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
             "max_position_embeddings", "encoder_hidden_size",
         )
         if self.hidden_size % self.num_attention_heads != 0:
@@ -399,7 +407,7 @@ def _instap_large() -> dict:
         },
         "text_config": {
             "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
-            "fusion_layer": 19,
+            "fusion_layer": 19, "initializer_range": 0.02,
         },
         "teacher_config": {
             "hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16, "intermediate_size": 4096,
@@ -418,7 +426,7 @@ def _instap_base() -> dict:
             "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
             "image_size": 224, "patch_size": 16, "num_frames": 16, "drop_path_rate": 0.2,
         },
-        "text_config": {"fusion_layer": 9},
+        "text_config": {"fusion_layer": 9, "initializer_range": 0.02},
         "teacher_config": {
             "hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
             "image_size": 224, "patch_size": 16, "projection_dim": 512, "hidden_act": "quick_gelu",

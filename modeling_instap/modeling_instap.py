@@ -693,16 +693,24 @@ class InstAPPreTrainedModel(PreTrainedModel):
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **INSTAP_AUTO_MAP}
         return super().save_pretrained(save_directory, *args, **kwargs)
 
-    def _initializer_range(self) -> float:
+    # Modules of a composite model that live on the text side (they read text features): they take the text
+    # tower's std, everything else the video tower's.
+    _text_side_modules: tuple[str, ...] = ()
+
+    def _initializer_range(self, module: nn.Module) -> float:
         config = self.config
-        if isinstance(config, InstAPConfig):
-            return config.vision_config.initializer_range
-        return config.initializer_range
+        if not isinstance(config, InstAPConfig):
+            return config.initializer_range
+        for name in self._text_side_modules:
+            owner = getattr(self, name, None)
+            if owner is not None and any(module is sub for sub in owner.modules()):
+                return config.text_config.initializer_range
+        return config.vision_config.initializer_range
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module):
         super()._init_weights(module)
-        std = self._initializer_range()
+        std = self._initializer_range(module)
         if isinstance(module, (nn.Linear, nn.Conv3d)):
             init.trunc_normal_(module.weight, std=std)
             if module.bias is not None:
@@ -908,6 +916,7 @@ class InstAPModel(InstAPPreTrainedModel):
 
     # A stage-2 checkpoint also holds the MLM head and the teacher; the backbone ignores them.
     _keys_to_ignore_on_load_unexpected = [r"^mlm_head\.", r"^distillation\."]
+    _text_side_modules = ("text_projection", "itm_head")
 
     def __init__(self, config: InstAPConfig):
         super().__init__(config)
@@ -1076,6 +1085,7 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
     """Stage 2, instance-aware alignment: L = λ_rec·L_rec + L_global + L_inst (METHOD §4)."""
 
     _tied_weights_keys = {"mlm_head.decoder.weight": "instap.text_model.embeddings.word_embeddings.weight"}
+    _text_side_modules = ("mlm_head",)
 
     def __init__(self, config: InstAPConfig):
         super().__init__(config)
@@ -1446,6 +1456,8 @@ class InstAPForGrounding(InstAPPreTrainedModel):
 
     Videos are grounded frame by frame: the caption is fused with each frame's tokens, giving one box per frame.
     """
+
+    _text_side_modules = ("box_head",)
 
     def __init__(self, config: InstAPConfig):
         super().__init__(config)

@@ -74,6 +74,19 @@ def expand_small_boxes(boxes: torch.Tensor, min_size: float, height: int, width:
     return torch.stack([x1, y1, x2, y2], dim=-1)
 
 
+def visible_fraction(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """`(N,)` share of the `(N, T, 4)` boxes' area that lies inside the frame, summed over the `T` frames.
+
+    After a random resized crop a box may be only partly in view; its crop then shows little of the object that
+    its caption describes.
+    """
+    area = ((boxes[..., 2] - boxes[..., 0]).clamp(min=0) * (boxes[..., 3] - boxes[..., 1]).clamp(min=0)).sum(-1)
+    inside_x = (boxes[..., 2].clamp(max=float(width)) - boxes[..., 0].clamp(min=0)).clamp(min=0)
+    inside_y = (boxes[..., 3].clamp(max=float(height)) - boxes[..., 1].clamp(min=0)).clamp(min=0)
+    inside = (inside_x * inside_y).sum(-1)
+    return torch.where(area > 0, inside / area.clamp(min=1e-12), torch.zeros_like(area))
+
+
 def visible_in_any_frame(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """`(N,)` bool: whether the `(N, T, 4)` boxes overlap the frame in at least one of the `T` frames.
 

@@ -11,7 +11,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .captions import caption_offset, select_caption_sentence, swap_left_right
-from .crops import boxes_at_frames, crop_instances, visible_in_any_frame
+from .crops import boxes_at_frames, crop_instances, visible_fraction, visible_in_any_frame
 from .errors import InstVLSampleError
 from .records import InstVLInstance, parse_instance, stable_source_id
 from .video_processing_instap import InstAPVideoProcessor
@@ -30,6 +30,8 @@ class InstAPProcessor(ProcessorMixin):
     - when at least one instance survives: `instance_pixel_values` `(N, T, 3, Hc, Wc)`, `instance_input_ids`,
       `instance_attention_mask` `(N, L)`, `instance_sample_index` `(N,)` (which clip each crop comes from) and
       `instance_source_id` `(N,)` (= `source_ids[instance_sample_index]`). Without instances these keys are absent.
+    - with instances given: `num_dropped_instances` `()` long, the instances left out because the augmentation left
+      less than `min_visible_box_fraction` of their box in view (the trainer logs their total).
 
     Args:
         video_processor ([`InstAPVideoProcessor`], *optional*):
@@ -44,6 +46,11 @@ class InstAPProcessor(ProcessorMixin):
             Always use whole captions (no sentence sub-sampling even when an `epoch` is given).
         swap_left_right_on_flip (`bool`, *optional*, defaults to `True`):
             When the training flip mirrors a clip, swap "left" and "right" in its captions so that they stay true.
+        min_visible_box_fraction (`float`, *optional*, defaults to 0.5):
+            Keep an instance only if at least this share of its box area (summed over the clip's frames) is still
+            in view after the random resized crop; a crop showing less of its object would keep a caption it no
+            longer shows (8.6 % of kept crops were under half visible on the synthetic InstVL with 0 as the bound).
+            0 keeps every instance with any part in view.
     """
 
     def __init__(
@@ -54,6 +61,7 @@ class InstAPProcessor(ProcessorMixin):
         caption_seed: int = 0,
         full_caption: bool = False,
         swap_left_right_on_flip: bool = True,
+        min_visible_box_fraction: float = 0.5,
         **kwargs,
     ):
         if video_processor is None:
@@ -64,6 +72,9 @@ class InstAPProcessor(ProcessorMixin):
         self.caption_seed = int(caption_seed)
         self.full_caption = bool(full_caption)
         self.swap_left_right_on_flip = bool(swap_left_right_on_flip)
+        if isinstance(min_visible_box_fraction, bool) or not 0.0 <= float(min_visible_box_fraction) <= 1.0:
+            raise ValueError(f"min_visible_box_fraction must be in [0, 1], got {min_visible_box_fraction!r}.")
+        self.min_visible_box_fraction = float(min_visible_box_fraction)
         super().__init__(video_processor, tokenizer, **kwargs)
 
     @classmethod
@@ -258,8 +269,11 @@ class InstAPProcessor(ProcessorMixin):
         if not torch.isfinite(boxes).all():
             raise InstVLSampleError("instance boxes became non-finite after the transform", field="instances")
         keep = visible_in_any_frame(boxes, height, width)
+        if self.min_visible_box_fraction > 0:
+            keep &= visible_fraction(boxes, height, width) >= self.min_visible_box_fraction
+        dropped = torch.tensor(int((~keep).sum()), dtype=torch.long)
         if not keep.any():
-            return {}
+            return {"num_dropped_instances": dropped}
         boxes = boxes[keep]
         sample_index = torch.tensor(sample_index, dtype=torch.long)[keep]
         captions = [caption for caption, kept in zip(captions, keep.tolist()) if kept]
@@ -279,6 +293,7 @@ class InstAPProcessor(ProcessorMixin):
             "instance_attention_mask": tokens["attention_mask"],
             "instance_sample_index": sample_index,
             "instance_source_id": source_ids[sample_index],
+            "num_dropped_instances": dropped,
         }
 
 

@@ -96,7 +96,6 @@ SPLIT_MEDIA: dict[str, str | None] = {
     "img_zero_10k": "image",
     "video_1k": "video",
 }
-_TOWARDS = {"left": "the left side", "right": "the right side", "up": "the top", "down": "the bottom"}
 _NUMBER_WORDS = {1: "one", 2: "two", 3: "three", 4: "four"}
 
 
@@ -114,6 +113,13 @@ class SyntheticConfig:
     confusable_probability: float = 0.5
     box_stride: int = 2
     png_fraction: float = 0.25
+    # Captions of the test splits keep one sentence (drawn per caption): training sees one sentence per caption
+    # (caption sub-sampling, METHOD §4.4), so test text comes from the same distribution. None keeps them whole.
+    test_caption_sentences: int | None = 1
+    # Redraw a scene whose scene sentence or instance caption already occurs in the split (`generate_split`):
+    # identical texts of different samples are false VTC negatives and VTM hard negatives of each other.
+    unique_captions: bool = True
+    max_redraws: int = 100
     video_codec: str | None = None  # None: libx264 if this PyAV build has it, else mpeg4
     seed: int = 0
     num_samples: dict[str, int] = field(
@@ -272,40 +278,68 @@ def _region(cx: float, cy: float, size: int) -> str:
 
 
 def _motion_phrase(obj: SyntheticObject) -> str:
-    return "standing still" if obj.direction == "still" else f"moving {obj.direction}"
+    """"standing still" or "moving left quickly": with size, colour and shape it identifies an object of a video."""
+    return "standing still" if obj.direction == "still" else f"moving {obj.direction} {obj.speed}"
 
 
-def _instance_caption(obj: SyntheticObject, media_type: str, image_size: int) -> str:
+def _listed(items: Sequence[str]) -> str:
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def _relation(obj: SyntheticObject, other: SyntheticObject) -> str:
+    """Where `obj` is with respect to `other` at the first frame: "left of", "right of", "above" or "below"."""
+    dx, dy = obj.start[0] - other.start[0], obj.start[1] - other.start[1]
+    if abs(dx) >= abs(dy):
+        return "left of" if dx < 0 else "right of"
+    return "above" if dy < 0 else "below"
+
+
+def _nearest(obj: SyntheticObject, objects: Sequence[SyntheticObject]) -> SyntheticObject | None:
+    others = [other for other in objects if other is not obj]
+    return min(others, key=lambda other: math.dist(obj.start, other.start), default=None)
+
+
+# Every sentence below names each object it is about by size, colour and shape (and, in videos, its motion), so
+# that any one sentence, the unit that caption sub-sampling trains on, identifies its subject among the others;
+# the rest of each sentence (background, place, order, neighbour) tells scenes of the same objects apart.
+
+
+def _instance_sentences(
+    obj: SyntheticObject, objects: Sequence[SyntheticObject], background: str, media_type: str, image_size: int
+) -> list[str]:
     region = _region(*obj.start, image_size)
+    subject = obj.name if media_type == "image" else f"{obj.name} {_motion_phrase(obj)}"
+    nearest = _nearest(obj, objects)
+    if nearest is None:
+        neighbour = f"the {subject} is the only shape on the {background} background."
+    else:
+        neighbour = f"the {subject} is {_relation(obj, nearest)} the {nearest.colour} {nearest.shape}."
     if media_type == "image":
-        return (
-            f"a {obj.name} in the {region}. it is a {obj.size} {obj.shape}. the {obj.shape} is {obj.colour}."
-        )
-    if obj.direction == "still":
-        movement = "it does not move."
+        first = f"a {subject} in the {region}."
+        others = len(objects) - 1
+        company = "no other shape" if others == 0 else f"{_NUMBER_WORDS[others]} other shape{'s' if others > 1 else ''}"
+        last = f"a {subject} on a {background} background with {company}."
     else:
-        movement = f"it moves {obj.speed} towards {_TOWARDS[obj.direction]}."
-    return (
-        f"a {obj.name} {_motion_phrase(obj)}. {movement} the {obj.colour} {obj.shape} starts in the {region}."
-    )
+        first = f"a {subject}."
+        last = f"the {subject} starts in the {region} of a {background} background."
+    return [first, neighbour, last]
 
 
-def _scene_caption(
+def _scene_sentences(
     objects: Sequence[SyntheticObject], background: str, media_type: str, image_size: int
-) -> str:
-    names = [f"a {obj.name}" for obj in objects]
-    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
-    count = _NUMBER_WORDS[len(objects)]
-    first = f"a scene with {count} object{'s' if len(objects) > 1 else ''} on a {background} background."
-    second = f"there is {listed}."
+) -> list[str]:
+    first = f"{_listed([f'a {obj.name}' for obj in objects])} on a {background} background."
     if media_type == "video":
-        motions = [f"the {obj.colour} {obj.shape} is {_motion_phrase(obj)}" for obj in objects]
+        second = _listed([f"the {obj.name} is {_motion_phrase(obj)}" for obj in objects]) + "."
     else:
-        motions = [
-            f"the {obj.colour} {obj.shape} is in the {_region(*obj.start, image_size)}" for obj in objects
-        ]
-    third = (motions[0] if len(motions) == 1 else ", ".join(motions[:-1]) + " and " + motions[-1]) + "."
-    return f"{first} {second} {third}"
+        second = _listed([f"the {obj.name} is in the {_region(*obj.start, image_size)}" for obj in objects]) + "."
+    ordered = sorted(objects, key=lambda obj: obj.start[0])
+    count = _NUMBER_WORDS[len(objects)]
+    if len(objects) == 1:
+        third = f"one shape, a {objects[0].name}, on {background}."
+    else:
+        third = f"{count} shapes on {background} from left to right: {_listed([f'a {obj.name}' for obj in ordered])}."
+    return [first, second, third]
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -366,48 +400,102 @@ def encode_image(array: np.ndarray, image_format: str) -> bytes:
 # Records and splits
 
 
-def generate_record(split: str, index: int, config: SyntheticConfig) -> dict[str, Any]:
-    """One record of `split` in the InstVL schema (media as encoded bytes). Deterministic in `(config.seed, split,
-    index)`."""
+@dataclass
+class _Scene:
+    media_type: str
+    num_frames: int
+    objects: list[SyntheticObject]
+    background: str
+    caption: str
+    instance_captions: list[str]
+    image_format: str
+
+
+def _keep_sentences(rng: random.Random, sentences: list[str], count: int | None) -> str:
+    if count is None or count >= len(sentences):
+        return " ".join(sentences)
+    chosen = sorted(rng.sample(range(len(sentences)), count))
+    return " ".join(sentences[i] for i in chosen)
+
+
+def _draw_scene(split: str, index: int, config: SyntheticConfig, attempt: int = 0) -> _Scene:
+    """Everything of a record but its pixels; deterministic in `(config.seed, split, index, attempt)`."""
     if config.image_size % 2:
         raise ValueError("image_size must be even (H.264 with 4:2:0 chroma)")
-    rng = random.Random(f"instap-synthetic\x1f{config.seed}\x1f{split}\x1f{index}")
+    key = f"instap-synthetic\x1f{config.seed}\x1f{split}\x1f{index}" + (f"\x1f{attempt}" if attempt else "")
+    rng = random.Random(key)
     media_type = SPLIT_MEDIA.get(split) or ("video" if rng.random() < config.video_fraction else "image")
     num_frames = rng.randint(config.min_frames, config.max_frames) if media_type == "video" else 1
     size = config.image_size
     objects = _sample_objects(rng, config, media_type, held_out=split.startswith("img_zero"))
     _place(objects, rng, size, num_frames)
     background = rng.choice(list(BACKGROUNDS))
+    image_format = "PNG" if rng.random() < config.png_fraction else "JPEG"
+    keep = None if split == "train" else config.test_caption_sentences
+    caption = _keep_sentences(rng, _scene_sentences(objects, background, media_type, size), keep)
+    instance_captions = [
+        _keep_sentences(rng, _instance_sentences(obj, objects, background, media_type, size), keep) for obj in objects
+    ]
+    return _Scene(media_type, num_frames, objects, background, caption, instance_captions, image_format)
 
-    frames = np.stack([_render(objects, background, t, num_frames, size) for t in range(num_frames)])
-    if media_type == "video":
+
+def _render_record(split: str, index: int, scene: _Scene, config: SyntheticConfig) -> dict[str, Any]:
+    size, num_frames, objects = config.image_size, scene.num_frames, scene.objects
+    frames = np.stack([_render(objects, scene.background, t, num_frames, size) for t in range(num_frames)])
+    if scene.media_type == "video":
         media = encode_mp4(frames, config.fps, config.video_codec)
         annotated = sorted(set(range(0, num_frames, max(1, config.box_stride))) | {num_frames - 1})
     else:
-        media = encode_image(frames[0], "PNG" if rng.random() < config.png_fraction else "JPEG")
+        media = encode_image(frames[0], scene.image_format)
         annotated = [0]
-
     instances = [
         {
             "category": obj.shape,
-            "caption": _instance_caption(obj, media_type, size),
+            "caption": caption,
             "frame_index": annotated,
             "boxes": [_box(obj, t, num_frames, size) for t in annotated],
         }
-        for obj in objects
+        for obj, caption in zip(objects, scene.instance_captions)
     ]
     return {
         "id": f"{split}-{index:06d}",
-        "media_type": media_type,
+        "media_type": scene.media_type,
         "media": media,
-        "caption": _scene_caption(objects, background, media_type, size),
+        "caption": scene.caption,
         "instances": instances,
     }
 
 
+def generate_record(split: str, index: int, config: SyntheticConfig, attempt: int = 0) -> dict[str, Any]:
+    """One record of `split` in the InstVL schema (media as encoded bytes). Deterministic in `(config.seed, split,
+    index, attempt)`; `generate_split` redraws (a higher `attempt`) scenes whose captions repeat."""
+    return _render_record(split, index, _draw_scene(split, index, config, attempt), config)
+
+
+def _scene_texts(scene: _Scene) -> list[str]:
+    from .captions import split_sentences
+
+    return split_sentences(scene.caption) + scene.instance_captions
+
+
 def generate_split(split: str, num_samples: int, config: SyntheticConfig) -> Iterator[dict[str, Any]]:
+    """The records of a split. With `config.unique_captions`, no scene sentence and no instance caption occurs in
+    two records of the split (a scene that would repeat one is redrawn, up to `config.max_redraws` times)."""
+    seen: set[str] = set()
     for index in range(num_samples):
-        yield generate_record(split, index, config)
+        scene = _draw_scene(split, index, config)
+        if config.unique_captions:
+            attempt = 0
+            while set(_scene_texts(scene)) & seen or len(set(scene.instance_captions)) < len(scene.instance_captions):
+                attempt += 1
+                if attempt > config.max_redraws:
+                    raise RuntimeError(
+                        f"synthetic {split}[{index}]: no scene with new captions in {config.max_redraws} draws; the "
+                        "split is too large for the caption vocabulary (set unique_captions=False)."
+                    )
+                scene = _draw_scene(split, index, config, attempt)
+            seen.update(_scene_texts(scene))
+        yield _render_record(split, index, scene, config)
 
 
 def _num_shards(num_samples: int, shard_size: int) -> int:

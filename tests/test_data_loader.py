@@ -28,6 +28,7 @@ CONTRACT_TYPES = {
     "input_ids": torch.long,
     "attention_mask": torch.long,
     "source_ids": torch.long,
+    "num_dropped_instances": torch.long,
     "instance_pixel_values": torch.float32,
     "instance_input_ids": torch.long,
     "instance_attention_mask": torch.long,
@@ -39,7 +40,10 @@ CONTRACT_TYPES = {
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("synthetic")
-    config = SyntheticConfig(num_samples={"train": 48, "video_1k": 8}, min_frames=6, max_frames=10)
+    # Whole captions in video_1k too (three sentences), for the caption sub-sampling test.
+    config = SyntheticConfig(
+        num_samples={"train": 48, "video_1k": 8}, min_frames=6, max_frames=10, test_caption_sentences=None
+    )
     write_dataset(str(root), config, ["train", "video_1k"], shard_size=12)  # 4 train shards
     return root
 

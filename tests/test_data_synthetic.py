@@ -103,14 +103,40 @@ def test_trajectories_move_as_the_captions_say(records):
             assert instance["frame_index"][0] == 0 and len(instance["frame_index"]) >= 4
 
 
-def test_captions_have_several_sentences_and_name_every_object(records):
-    for record in records["train"] + records["video_1k"]:
-        assert len(split_sentences(record["caption"])) >= 3
-        for (colour, shape), instance in zip(objects_of(record), record["instances"]):
-            assert f"{colour} {shape}" in record["caption"]
-            assert len(split_sentences(instance["caption"])) >= 3
-        captions = [instance["caption"] for instance in record["instances"]]
-        assert len(set(captions)) == len(captions)  # every instance caption identifies its instance
+def test_every_caption_sentence_names_its_subjects(records):
+    """Each sentence, the unit caption sub-sampling trains on, identifies its subject: scene sentences name every
+    object by colour and shape, instance sentences name their object by size, colour and shape (and motion)."""
+    for split, split_records in records.items():
+        expected = None if split == "train" else CONFIG.test_caption_sentences
+        for record in split_records:
+            sentences = split_sentences(record["caption"])
+            assert len(sentences) == expected if expected else len(sentences) >= 3
+            for (colour, shape), instance in zip(objects_of(record), record["instances"]):
+                assert all(f"{colour} {shape}" in sentence for sentence in sentences)
+                instance_sentences = split_sentences(instance["caption"])
+                assert len(instance_sentences) == expected if expected else len(instance_sentences) >= 3
+                size = next(w for w in instance_sentences[0].split() if w in ("small", "large"))
+                for sentence in instance_sentences:
+                    assert f"{size} {colour} {shape}" in sentence
+                    if record["media_type"] == "video":
+                        assert re.search(r"moving (left|right|up|down) (slowly|quickly)|standing still", sentence)
+            captions = [instance["caption"] for instance in record["instances"]]
+            assert len(set(captions)) == len(captions)  # every instance caption identifies its instance
+
+
+def test_no_caption_repeats_across_samples_of_a_split(records):
+    """No scene sentence and no instance caption occurs in two samples of a split: identical texts of different
+    samples would be false contrastive negatives (and preferred VTM hard negatives) of each other."""
+    for split, split_records in records.items():
+        owner = {}
+        for record in split_records:
+            texts = split_sentences(record["caption"]) + [instance["caption"] for instance in record["instances"]]
+            for text in texts:
+                assert owner.setdefault(text, record["id"]) == record["id"], (split, text)
+    # Without the redraw the same generator repeats texts (one-object scenes, one-sentence test captions).
+    plain = list(generate_split("img_1k", 24, SyntheticConfig(min_frames=8, max_frames=12, unique_captions=False)))
+    texts = [s for r in plain for s in split_sentences(r["caption"]) + [i["caption"] for i in r["instances"]]]
+    assert len(set(texts)) < len(texts)
 
 
 def test_confusable_pairs_occur(records):

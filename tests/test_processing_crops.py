@@ -101,3 +101,14 @@ def test_visibility_over_the_clip():
         ]
     )
     assert visible_in_any_frame(boxes, 32, 32).tolist() == [False, True, False]
+
+
+def test_visible_fraction_sums_area_over_frames():
+    from instap_processing.crops import visible_fraction
+
+    boxes = torch.tensor([
+        [[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]],  # inside in both frames
+        [[-10.0, 0.0, 10.0, 10.0], [0.0, 0.0, 10.0, 10.0]],  # half out in one frame: 100 + 100 of 300
+        [[40.0, 40.0, 50.0, 50.0], [35.0, 0.0, 45.0, 10.0]],  # out, then half in: 50 of 200
+    ])
+    torch.testing.assert_close(visible_fraction(boxes, 40, 40), torch.tensor([1.0, 2 / 3, 0.25]))

@@ -22,6 +22,7 @@ CONTRACT_KEYS = {
     "input_ids",
     "attention_mask",
     "source_ids",
+    "num_dropped_instances",
     "instance_pixel_values",
     "instance_input_ids",
     "instance_attention_mask",
@@ -127,7 +128,7 @@ def test_synthetic_record_crops_show_the_instance_colour(processor):
         do_normalize=False,
     )
     for crop, instance in zip(batch["instance_pixel_values"], record["instances"]):
-        colour = next(name for name in COLOURS if f" {name} " in f" {instance['caption']} ")
+        colour = next(word for word in instance["caption"].split() if word in COLOURS)  # the subject's, first
         target = torch.tensor(COLOURS[colour], dtype=torch.float32) / 255
         centre = crop[:, :, 12:20, 12:20].mean(dim=(0, 2, 3))  # middle of the crop, averaged over frames
         assert torch.linalg.vector_norm(centre - target) < 0.35, (instance["caption"], centre, target)
@@ -272,3 +273,22 @@ def test_remote_code_round_trip(processor, tmp_path, monkeypatch):
     reference = processor(videos=[video], text=["a red square"], instances=instances, sample_ids=["x"])
     for key in reference:
         torch.testing.assert_close(batch[key], reference[key])
+
+
+def test_instances_mostly_out_of_view_are_dropped_and_counted(processor):
+    """A crop showing a quarter of its box keeps a caption it no longer shows: dropped below the visible bound."""
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    half = {"caption": "half in view", "boxes": [[30, 10, 50, 30]]}  # half of the box inside the frame
+    quarter = {"caption": "quarter in view", "boxes": [[35, 10, 55, 30]]}
+    inside = {"caption": "all in view", "boxes": [[5, 5, 20, 20]]}
+    batch = processor(images=[image], text=["a"], instances=[[half, quarter, inside]], sample_ids=["i"])
+    assert processor.min_visible_box_fraction == 0.5
+    assert batch["instance_pixel_values"].shape[0] == 2 and int(batch["num_dropped_instances"]) == 1
+    processor.min_visible_box_fraction = 0.0
+    try:
+        batch = processor(images=[image], text=["a"], instances=[[half, quarter, inside]], sample_ids=["i"])
+        assert batch["instance_pixel_values"].shape[0] == 3 and int(batch["num_dropped_instances"]) == 0
+    finally:
+        processor.min_visible_box_fraction = 0.5
+    with pytest.raises(ValueError, match="min_visible_box_fraction"):
+        type(processor)(processor.video_processor, processor.tokenizer, min_visible_box_fraction=1.5)

@@ -58,6 +58,8 @@ class _InstAPTrainer(Trainer):
         self._term_counts = torch.zeros(len(self.loss_terms), dtype=torch.float64)
         self._last_temperatures: dict[str, float] = {}
         self._skip_optimizer_step = False
+        # Instances the processor left out (box mostly out of view after augmentation), this process, since start.
+        self.dropped_instances = 0
 
     def create_optimizer(self, model=None):
         """The Trainer's AdamW, whose `step` is skipped after a non-finite loss in its accumulation window.
@@ -141,6 +143,9 @@ class _InstAPTrainer(Trainer):
         return [name for name, param in model.named_parameters() if not no_decay_parameter(name, param)]
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        dropped = inputs.pop("num_dropped_instances", None)
+        if dropped is not None and model.training:
+            self.dropped_instances += int(dropped)
         outputs = model(**inputs)
         loss = outputs.loss
         if model.training:
@@ -204,16 +209,19 @@ class _InstAPTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log (evaluation logs carry eval_* keys)
             sums, counts = self._term_sums.clone(), self._term_counts.clone()
+            dropped = torch.tensor([float(self.dropped_instances)], dtype=torch.float64)
             if self.accelerator.num_processes > 1:
-                stacked = torch.stack([sums, counts]).to(self.accelerator.device)
+                stacked = torch.cat([sums, counts, dropped]).to(self.accelerator.device)
                 stacked = self.accelerator.reduce(stacked, reduction="sum").cpu()
-                sums, counts = stacked[0], stacked[1]
+                sums, counts, dropped = stacked[: len(sums)], stacked[len(sums) : -1], stacked[-1:]
             for index, name in enumerate(self.loss_terms):
                 if counts[index] > 0:
                     logs[f"loss_{name}"] = round(float(sums[index] / counts[index]), 4)
             logs.update({name: round(value, 5) for name, value in self._last_temperatures.items()})
             if self.nonfinite_steps:
                 logs["nonfinite_steps"] = self.nonfinite_steps
+            if dropped.item():
+                logs["dropped_instances"] = int(dropped.item())
             self._term_sums.zero_()
             self._term_counts.zero_()
         super().log(logs, start_time)
