@@ -1,58 +1,65 @@
 #!/usr/bin/env python
-"""The paper's ablation (METHOD §8, Table 4) at small scale, on the synthetic InstVL and the CPU.
+"""The paper's ablations (METHOD §8, Tables 4 and 5) at small scale, on the synthetic InstVL and the CPU, over seeds.
 
-Two tiny models from the same initialisation and the same data order, trained for the same steps:
+Table 4: two tiny models from the same initialisation and the same data order (per seed), trained with the demo's
+recipe for the same steps:
 
   (a) L_rec + L_global            (`lambda_inst=0`: the instance branch is not run)
-  (b) L_rec + L_global + L_inst   (InstAP)
+  (b) L_rec + L_global + L_inst   (InstAP, the demo)
 
-then global and instance retrieval (mean recall, dual encoder) on the test splits. As in the paper, the
-global-only model (a) scores instance crops alone; InstAP (b) scores them through the attention pool with their
-scene. Prints a table shaped like Table 4 and writes it as JSON.
+then global and instance retrieval (mean recall, dual encoder) on the test splits. As in the paper, the global-only
+model (a) scores instance crops alone; InstAP (b) through the attention pool with their scene. Each cell is the mean
+± standard deviation over the seeds; the difference is taken per seed (paired), then averaged.
 
-    python benchmarks/ablation_synthetic.py                 # ~10 minutes on 2 CPU cores
-    python benchmarks/ablation_synthetic.py --steps 300 --splits video_1k
+Table 5 (`--table5`): the paper's cumulative rows for instance retrieval, each adding one choice to the row above:
+baseline (one τ for both contrastive losses, λ_inst = 1, whole captions, one box per video instance) → + instance
+temperature → + the demo's λ_inst → + caption sub-sampling → + box trajectories (= (b)).
+
+    python benchmarks/ablation_synthetic.py                          # Table 4, seeds 0 1 2 (~40 min on 2 cores)
+    python benchmarks/ablation_synthetic.py --table5 --seeds 0       # both tables, one seed
 """
 
 import argparse
 import json
 import os
+import statistics
 import time
 
 from instap_train.factory import DataArguments, resolve_dataset
-from instap_train.run_align import DEMO_ARGUMENTS, evaluate_splits
+from instap_train.run_align import evaluate_splits
 from instap_train.run_align import main as run_align
 from modeling_instap import InstAPForPreTraining
 
-VARIANTS = {
-    "(a) L_rec + L_global": "lambda_inst=0",
-    "(b) + L_inst (InstAP)": None,
+# name -> (config overrides, script flags); every run also takes the demo's defaults (run_align.DEMO_ARGUMENTS).
+TABLE4 = {
+    "(a) L_rec + L_global": ("lambda_inst=0", []),
+    "(b) + L_inst (InstAP)": (None, []),
+}
+_WHOLE_CAPTIONS_ONE_BOX = ["--full_caption", "True", "--box_trajectories", "False"]
+TABLE5 = {
+    "baseline": ("separate_instance_temperature=False,lambda_inst=1.0", _WHOLE_CAPTIONS_ONE_BOX),
+    "+ instance temperature": ("lambda_inst=1.0", _WHOLE_CAPTIONS_ONE_BOX),
+    "+ demo lambda_inst": (None, _WHOLE_CAPTIONS_ONE_BOX),
+    "+ caption sub-sampling": (None, ["--box_trajectories", "False"]),
+    "+ box trajectories (InstAP)": (None, []),
 }
 
 
-def chance_mean_recall(num_items: int) -> float:
-    """Mean of R@1/5/10 (percent) of a random ranking over `num_items` candidates."""
-    return 100.0 * sum(min(k, num_items) for k in (1, 5, 10)) / 3 / num_items
-
-
-def train_variant(name: str, overrides: str | None, args) -> str:
-    output_dir = os.path.join(args.output_dir, name.split()[0].strip("()"))
-    config_overrides = ",".join(filter(None, [DEMO_ARGUMENTS["config_overrides"], overrides]))
+def train_variant(name: str, overrides: str | None, flags: list[str], seed: int, args) -> str:
+    slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
+    output_dir = os.path.join(args.output_dir, f"{slug}-seed{seed}")
     argv = [
-        "--output_dir", output_dir, "--max_steps", str(args.steps), "--per_device_train_batch_size", str(args.batch_size),
-        "--learning_rate", str(args.learning_rate), "--weight_decay", "0.02", "--adam_beta2", "0.98",
-        "--warmup_steps", str(max(1, args.steps // 20)), "--lr_scheduler_type", "cosine_with_min_lr",
-        "--lr_scheduler_kwargs", json.dumps({"min_lr_rate": 0.01}), "--logging_steps", str(max(1, args.steps // 6)),
-        "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", str(args.num_workers),
-        "--seed", str(args.seed), "--data_seed", str(args.seed), "--config_overrides", config_overrides,
-        "--eval_splits", "", "--synthetic_dir", args.synthetic_dir,
-        "--synthetic_num_train", str(args.num_train), "--synthetic_num_test", str(args.num_test),
+        "--output_dir", output_dir, "--max_steps", str(args.steps), "--seed", str(seed), "--data_seed", str(seed),
+        "--eval_splits", "", "--report_to", "none", "--synthetic_dir", args.synthetic_dir,
+        "--synthetic_num_train", str(args.num_train), "--synthetic_num_test", str(args.num_test), *flags,
     ]
+    if overrides:
+        argv += ["--config_overrides", overrides]
     run_align(argv)
     return output_dir
 
 
-def evaluate_variant(output_dir: str, use_attention_pool: bool, args) -> dict[str, float]:
+def evaluate_variant(output_dir: str, use_attention_pool: bool, args) -> tuple[dict[str, float], dict[str, float]]:
     from instap_processing import InstAPProcessor
 
     model = InstAPForPreTraining.from_pretrained(output_dir).eval()
@@ -61,53 +68,91 @@ def evaluate_variant(output_dir: str, use_attention_pool: bool, args) -> dict[st
         synthetic_dir=args.synthetic_dir, synthetic_num_train=args.num_train, synthetic_num_test=args.num_test,
         eval_splits=args.splits, rerank_k=16,
     )
-    results = evaluate_splits(
+    results, chance = evaluate_splits(
         model, processor, resolve_dataset(data_args), data_args, processor.video_processor.num_frames, 32,
         instance_attention_pool=use_attention_pool,
     )
-    return {name: metrics["r_mean"] for name, metrics in results.items() if name.endswith("dual encoder")}
+    rows = {name: metrics["r_mean"] for name, metrics in results.items() if name.endswith("dual encoder")}
+    return rows, {name: chance[name] for name in rows}
+
+
+def run_table(variants: dict, args) -> tuple[dict[str, dict[str, list[float]]], dict[str, float], dict[str, float]]:
+    """variant -> row -> one mean recall per seed; the chance of each row; seconds per variant (mean)."""
+    table: dict[str, dict[str, list[float]]] = {}
+    chance: dict[str, float] = {}
+    seconds: dict[str, list[float]] = {}
+    for name, (overrides, flags) in variants.items():
+        for seed in args.seeds:
+            start = time.perf_counter()
+            output_dir = train_variant(name, overrides, flags, seed, args)
+            # The global-only model has no trained attention pool: its crops are scored alone (METHOD §5).
+            global_only = overrides is not None and "lambda_inst=0" in overrides.split(",")
+            rows, row_chance = evaluate_variant(output_dir, use_attention_pool=not global_only, args=args)
+            for row, value in rows.items():
+                table.setdefault(name, {}).setdefault(row, []).append(value)
+            chance.update(row_chance)
+            seconds.setdefault(name, []).append(time.perf_counter() - start)
+    return table, chance, {name: statistics.mean(values) for name, values in seconds.items()}
+
+
+def mean_std(values: list[float]) -> str:
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+
+
+def format_table4(table, chance) -> str:
+    (name_a, a), (name_b, b) = table.items()
+    lines = [f"| mean recall (dual encoder) | {name_a} | {name_b} | (b) − (a) per seed | chance |", "|---|---:|---:|---:|---:|"]
+    for row in sorted(a):
+        differences = [vb - va for va, vb in zip(a[row], b[row])]
+        label = row.replace(", dual encoder", "")
+        lines.append(f"| {label} | {mean_std(a[row])} | {mean_std(b[row])} | {mean_std(differences)} | {chance[row]:.2f} |")
+    return "\n".join(lines)
+
+
+def format_table5(table, chance) -> str:
+    rows = sorted({row for results in table.values() for row in results if " instance" in row})
+    lines = ["| instance mean recall | " + " | ".join(r.replace(" instance, dual encoder", "") for r in rows) + " |",
+             "|---" + "|---:" * len(rows) + "|"]
+    for name, results in table.items():
+        lines.append(f"| {name} | " + " | ".join(mean_std(results[row]) for row in rows) + " |")
+    lines.append("| chance | " + " | ".join(f"{chance[row]:.2f}" for row in rows) + " |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--batch_size", type=int, default=16)
-    parser.add_argument("--learning_rate", type=float, default=1e-3)
-    parser.add_argument("--splits", default="img_zero_1k,video_1k")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--num_workers", type=int, default=2)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--splits", default="img_1k,img_zero_1k,video_1k")
+    parser.add_argument("--table5", action="store_true", help="also the cumulative rows of Table 5")
     parser.add_argument("--num_train", type=int, default=512)
     parser.add_argument("--num_test", type=int, default=128)
     parser.add_argument("--synthetic_dir", default=DataArguments().synthetic_dir)
     parser.add_argument("--output_dir", default=os.path.join("outputs", "ablation"))
     args = parser.parse_args(argv)
 
-    table: dict[str, dict[str, float]] = {}
-    timings = {}
-    for name, overrides in VARIANTS.items():
-        start = time.perf_counter()
-        output_dir = train_variant(name, overrides, args)
-        # The global-only model has no trained attention pool: its crops are scored alone (METHOD §5).
-        table[name] = evaluate_variant(output_dir, use_attention_pool=overrides is None, args=args)
-        timings[name] = time.perf_counter() - start
-    rows = sorted({row for results in table.values() for row in results})
-    (name_a, results_a), (name_b, results_b) = table.items()
-    lines = [
-        f"| mean recall (dual encoder) | {name_a} | {name_b} | difference |",
-        "|---|---:|---:|---:|",
-    ]
-    for row in rows:
-        label = row.replace(", dual encoder", "")
-        difference = results_b[row] - results_a[row]
-        lines.append(f"| {label} | {results_a[row]:.2f} | {results_b[row]:.2f} | {difference:+.2f} |")
-    print(f"\nAblation on the synthetic InstVL: {args.steps} steps, batch {args.batch_size}, seed {args.seed}")
-    print("\n".join(lines))
-    print("(a) scores instance crops alone, (b) through the attention pool with their scene.")
-    print("seconds per variant: " + ", ".join(f"{name}: {seconds:.0f}" for name, seconds in timings.items()))
+    report = {"steps": args.steps, "seeds": args.seeds}
+    table4, chance, seconds = run_table(TABLE4, args)
+    text = [f"\nTable 4 on the synthetic InstVL: {args.steps} steps per run, seeds {args.seeds} (mean ± std)",
+            format_table4(table4, chance), "(a) scores instance crops alone, (b) through the attention pool.",
+            "seconds per run: " + ", ".join(f"{name}: {value:.0f}" for name, value in seconds.items())]
+    report.update(table4=table4, chance=chance)
+    if args.table5:
+        # The last row is (b) of Table 4: reuse it instead of training it again.
+        variants = {name: spec for name, spec in TABLE5.items() if name != "+ box trajectories (InstAP)"}
+        table5, chance5, _ = run_table(variants, args)
+        table5["+ box trajectories (InstAP)"] = table4["(b) + L_inst (InstAP)"]
+        text += [f"\nTable 5 (cumulative) on the synthetic InstVL: seeds {args.seeds}", format_table5(table5, chance5)]
+        report["table5"] = table5
+    print("\n".join(text))
     os.makedirs(args.output_dir, exist_ok=True)
     with open(os.path.join(args.output_dir, "ablation.json"), "w", encoding="utf-8") as handle:
-        json.dump({"steps": args.steps, "seed": args.seed, "results": table}, handle, indent=2)
-    return table
+        json.dump(report, handle, indent=2)
+    with open(os.path.join(args.output_dir, "ablation.md"), "w", encoding="utf-8") as handle:
+        handle.write("\n".join(text) + "\n")
+    return report
 
 
 if __name__ == "__main__":

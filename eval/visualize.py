@@ -39,6 +39,8 @@ __all__ = [
     "box_mass_ratio",
     "heat_colors",
     "load_clip",
+    "main",
+    "save_activation_figure",
     "save_activation_strip",
     "token_relevance",
     "visualize_phrase",
@@ -292,3 +294,97 @@ def box_mass_ratio(activation: torch.Tensor | np.ndarray, box: Sequence[float] |
     if mass_out == 0:
         return float("inf")
     return (mass_in / area_in) / (mass_out / area_out)
+
+
+def save_activation_figure(
+    frames: Any,
+    maps: torch.Tensor | np.ndarray,
+    path: str | os.PathLike,
+    *,
+    phrase: str,
+    boxes: Sequence[Sequence[float]] | None = None,
+    alpha: float = 0.5,
+    tile_inches: float = 2.6,
+) -> str:
+    """A readable figure of the maps: one panel per frame (drawn large, nearest-neighbour), the map blended over it
+    with a colour bar, the phrase as the title and, when known, the instance's box per frame (one box for all).
+
+    Args:
+        frames: ``(T, H, W, 3)`` or ``(T, 3, H, W)``. maps: ``(T, H', W')`` in [0, 1] (resized to the frames).
+        boxes: ``[x1, y1, x2, y2]`` in frame pixels, one for every frame or one per frame.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Rectangle
+
+    frames = _frames_as_hwc_uint8(frames)
+    maps = torch.as_tensor(np.asarray(maps) if not isinstance(maps, torch.Tensor) else maps).detach().float().cpu()
+    if maps.ndim == 2:
+        maps = maps[None]
+    count, height, width = frames.shape[:3]
+    if maps.shape[0] != count:
+        raise ValueError(f"{maps.shape[0]} maps for {count} frames.")
+    if tuple(maps.shape[-2:]) != (height, width):
+        maps = F.interpolate(maps[:, None], size=(height, width), mode="bilinear", align_corners=False)[:, 0]
+    per_frame_boxes = None
+    if boxes is not None:
+        per_frame_boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+        if len(per_frame_boxes) == 1:
+            per_frame_boxes = np.repeat(per_frame_boxes, count, axis=0)
+        if len(per_frame_boxes) != count:
+            raise ValueError(f"{len(per_frame_boxes)} boxes for {count} frames.")
+    figure, axes = plt.subplots(1, count, figsize=(tile_inches * count + 1.0, tile_inches + 0.6), squeeze=False)
+    image = None
+    for index, axis in enumerate(axes[0]):
+        axis.imshow(frames[index], interpolation="nearest")
+        image = axis.imshow(maps[index].numpy(), cmap="jet", alpha=alpha, vmin=0.0, vmax=1.0, interpolation="bilinear")
+        if per_frame_boxes is not None:
+            x1, y1, x2, y2 = per_frame_boxes[index]
+            axis.add_patch(Rectangle((x1 - 0.5, y1 - 0.5), x2 - x1, y2 - y1, fill=False, edgecolor="white", linewidth=2))
+        axis.set_title(f"frame {index}", fontsize=9)
+        axis.axis("off")
+    figure.suptitle(f'"{phrase}"', fontsize=11)
+    figure.colorbar(image, ax=list(axes[0]), fraction=0.02, pad=0.02, label="relevance")
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    figure.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(figure)
+    return path
+
+
+def main(argv: Sequence[str] | None = None) -> str:
+    """`python -m instap_eval.visualize --model DIR --media FILE --phrase TEXT [--box x1 y1 x2 y2] [--output PNG]`."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m instap_eval.visualize",
+        description="Draw the gradient-weighted activation map of a phrase on an image or video (METHOD §5, Fig. 4).",
+    )
+    parser.add_argument("--model", required=True, help="an InstAP folder (e.g. the demo's outputs/instap-tiny-align)")
+    parser.add_argument("--media", required=True, help="an image or video file")
+    parser.add_argument("--phrase", required=True, help="the text to localise, e.g. 'a red square'")
+    parser.add_argument("--box", type=float, nargs=4, metavar=("X1", "Y1", "X2", "Y2"),
+                        help="the instance's box in source pixels, drawn on every frame")
+    parser.add_argument("--method", choices=["attention", "features"], default="attention")
+    parser.add_argument("--num_frames", type=int, default=None, help="frames sampled from a video (default: the processor's)")
+    parser.add_argument("--output", default="activation_map.png")
+    args = parser.parse_args(argv)
+
+    from instap_processing import InstAPProcessor
+    from modeling_instap import InstAPModel
+
+    if not os.path.exists(args.media):
+        parser.error(f"--media {args.media!r}: no such file.")
+    model = InstAPModel.from_pretrained(args.model).eval()
+    processor = InstAPProcessor.from_pretrained(args.model)
+    clip = load_clip(args.media, args.num_frames or processor.video_processor.num_frames)
+    maps = activation_map(model, processor, clip, args.phrase, method=args.method)
+    path = save_activation_figure(clip.frames, maps, args.output, phrase=args.phrase, boxes=args.box)
+    print(f"wrote {path}")
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 
 import torch
+from tqdm.auto import tqdm
 
 from .retrieval import ground_truth_with_identical_texts, video_text_retrieval_metrics
 
@@ -82,7 +83,7 @@ def encode_videos(
     backbone = _backbone(model)
     device = next(backbone.parameters()).device
     embeds, tokens = [], [] if keep_tokens else None
-    for pixel_values in video_batches:
+    for pixel_values in tqdm(video_batches, desc="encoding videos", disable=None, leave=False):
         out = backbone.get_video_features(pixel_values.to(device))
         embeds.append(out.pooler_output.float().cpu())
         if keep_tokens:
@@ -135,7 +136,7 @@ def rerank_with_matching_head(
     t2v_pairs_video, t2v_pairs_text = t2v_pairs_video[order], t2v_pairs_text[order]
 
     offset = 0
-    for tokens in video_token_batches():
+    for tokens in tqdm(video_token_batches(), desc=f"re-ranking (top {k})", disable=None, leave=False):
         chunk = torch.arange(offset, offset + tokens.shape[0])
         offset += tokens.shape[0]
         # (video, text) pairs of both directions whose video lies in this chunk.
@@ -217,11 +218,19 @@ def zero_shot_retrieval(
 
 
 def _rerank_metrics(v2t: torch.Tensor, t2v: torch.Tensor, ground_truth) -> dict[str, float]:
-    """Metrics of re-ranked scores: each direction is read from its own re-ranked matrix."""
+    """Metrics of re-ranked scores: each direction is read from its own re-ranked matrix.
+
+    Only the recalls: outside its top k every candidate scores -100, so the rank of a correct item left there
+    (hence the median and mean rank) says nothing about the re-ranking; R@K for K <= k is exact.
+    """
     rerank_v2t = video_text_retrieval_metrics(v2t, ground_truth)
     rerank_t2v = video_text_retrieval_metrics(t2v, ground_truth)
-    metrics = {key: value for key, value in rerank_t2v.items() if key.startswith("t2v_")}
-    metrics.update({key: value for key, value in rerank_v2t.items() if key.startswith("v2t_")})
+
+    def recalls(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+        return {key: value for key, value in metrics.items() if key.startswith(prefix) and not key.endswith(("medr", "meanr"))}
+
+    metrics = recalls(rerank_t2v, "t2v_")
+    metrics.update(recalls(rerank_v2t, "v2t_"))
     metrics["r_mean"] = (metrics["t2v_r_mean"] + metrics["v2t_r_mean"]) / 2
     return metrics
 

@@ -219,6 +219,8 @@ class InstAPConfig(PreTrainedConfig):
         temperature_init (`float`, defaults to 0.07): initial τ of the global contrastive loss. Stored as τ itself
             (not its log), as in UMT, and clamped to `[temperature_min, temperature_max]` at every forward.
         instance_temperature_init (`float`, defaults to 0.07): initial τ_inst of the instance contrastive loss.
+        separate_instance_temperature (`bool`, defaults to `True`): the instance VTC learns its own τ_inst (METHOD
+            Eq. 8); `False` uses the global τ for both (the baseline row of the paper's Table 5).
         temperature_min, temperature_max (`float`): the clamp, [0.001, 0.5].
         mask_strategy (`str`, defaults to `"umt"`): how the teacher picks visible tokens. `"umt"`: per frame, draw
             the visible patches with probability proportional to the teacher's CLS attention (UMT code).
@@ -267,6 +269,7 @@ class InstAPConfig(PreTrainedConfig):
     projection_dim: int = 512
     temperature_init: float = 0.07
     instance_temperature_init: float = 0.07
+    separate_instance_temperature: bool = True
     temperature_min: float = 0.001
     temperature_max: float = 0.5
 

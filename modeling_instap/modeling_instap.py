@@ -946,7 +946,10 @@ class InstAPModel(InstAPPreTrainedModel):
         ZeRO-3 partitioned parameters.
         """
         low, high = self.config.temperature_min, self.config.temperature_max
-        return self.temperature.clamp(low, high), self.instance_temperature.clamp(low, high)
+        temperature = self.temperature.clamp(low, high)
+        if not self.config.separate_instance_temperature:  # the ablation of METHOD Table 5: one τ for both
+            return temperature, temperature
+        return temperature, self.instance_temperature.clamp(low, high)
 
     def get_video_features(
         self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, **kwargs

@@ -46,6 +46,9 @@ class InstAPProcessor(ProcessorMixin):
             Always use whole captions (no sentence sub-sampling even when an `epoch` is given).
         swap_left_right_on_flip (`bool`, *optional*, defaults to `True`):
             When the training flip mirrors a clip, swap "left" and "right" in its captions so that they stay true.
+        box_trajectories (`bool`, *optional*, defaults to `True`):
+            Crop a video instance along its box trajectory (the nearest annotated box for each sampled frame, METHOD
+            §4.2); `False` crops every frame at its first box (the "one box" row of the paper's Table 5).
         min_visible_box_fraction (`float`, *optional*, defaults to 0.5):
             Keep an instance only if at least this share of its box area (summed over the clip's frames) is still
             in view after the random resized crop; a crop showing less of its object would keep a caption it no
@@ -62,6 +65,7 @@ class InstAPProcessor(ProcessorMixin):
         full_caption: bool = False,
         swap_left_right_on_flip: bool = True,
         min_visible_box_fraction: float = 0.5,
+        box_trajectories: bool = True,
         **kwargs,
     ):
         if video_processor is None:
@@ -75,6 +79,7 @@ class InstAPProcessor(ProcessorMixin):
         if isinstance(min_visible_box_fraction, bool) or not 0.0 <= float(min_visible_box_fraction) <= 1.0:
             raise ValueError(f"min_visible_box_fraction must be in [0, 1], got {min_visible_box_fraction!r}.")
         self.min_visible_box_fraction = float(min_visible_box_fraction)
+        self.box_trajectories = bool(box_trajectories)
         super().__init__(video_processor, tokenizer, **kwargs)
 
     @classmethod
@@ -254,8 +259,10 @@ class InstAPProcessor(ProcessorMixin):
                 if media_type == "image":
                     # An image instance has one box; use it whatever frame index it was given.
                     boxes = torch.as_tensor(instance.boxes[:1], dtype=torch.float32).expand(num_frames, 4)
-                else:
+                elif self.box_trajectories:
                     boxes = boxes_at_frames(instance.frame_index, instance.boxes, clip_frames)
+                else:
+                    boxes = torch.as_tensor(instance.boxes[:1], dtype=torch.float32).expand(num_frames, 4)
                 all_boxes.append(transform.apply_to_boxes(boxes))
                 sample_index.append(sample)
                 caption = self.select_caption(instance.caption, f"{key}\x1f{instance.caption}", epoch)

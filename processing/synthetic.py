@@ -612,9 +612,11 @@ def write_dataset(
     config = config or SyntheticConfig()
     splits = list(splits or SPLIT_MEDIA)
     written: dict[str, list[str]] = {}
+    from tqdm.auto import tqdm
+
     for split in splits:
         count = config.num_samples.get(split, 0)
-        records = generate_split(split, count, config)
+        records = tqdm(generate_split(split, count, config), total=count, desc=f"synthetic InstVL {split}", disable=None)
         written[split] = write_split(out_dir, split, records, count, output_format, shard_size)
     if output_format == "parquet":
         with open(os.path.join(out_dir, "README.md"), "w", encoding="utf-8") as handle:

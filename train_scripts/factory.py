@@ -5,6 +5,10 @@ decodes and collates, `instap_eval` scores. The scripts parse arguments, call th
 to a Trainer.
 """
 
+import argparse
+import dataclasses
+import difflib
+import json
 import os
 import sys
 from dataclasses import dataclass, field
@@ -72,6 +76,16 @@ class DataArguments:
     streaming: bool = field(default=False, metadata={"help": "Stream the training split (needs --max_steps)."})
     num_frames: int | None = field(default=None, metadata={"help": "Frames per clip (default: the config's)."})
     max_text_length: int = 32
+    random_resized_crop_scale: list[float] = field(
+        default_factory=lambda: [0.5, 1.0],
+        metadata={"help": "Area range of the training random resized crop (METHOD §4.4: 0.5 1)."},
+    )
+    full_caption: bool = field(
+        default=False, metadata={"help": "Train on whole captions (no caption sub-sampling, METHOD §4.4 off)."}
+    )
+    box_trajectories: bool = field(
+        default=True, metadata={"help": "Crop video instances along their box trajectories (False: first box only)."}
+    )
     max_eval_samples: int | None = None
     rerank_k: int = field(default=128, metadata={"help": "Candidates re-ranked by the matching head per query."})
     synthetic_dir: str = field(default=os.path.join(DEFAULT_CACHE, "synthetic_instvl"))
@@ -79,35 +93,104 @@ class DataArguments:
     synthetic_num_test: int = 128
     max_bad_samples: int = 1000
     max_bad_fraction: float = 0.1
+    torch_num_threads: int | None = field(
+        default=None,
+        metadata={"help": "Intra-op threads of this process (torch.set_num_threads). Default: torch's own. On a small "
+                  "CPU machine leave cores to the DataLoader workers (the demo: 1 thread beside 2 workers)."},
+    )
+
+
+def _explicit_flags(argv: list[str]) -> set[str]:
+    return {item[2:].split("=", 1)[0].replace("-", "_") for item in argv if item.startswith("--")}
+
+
+def _as_flags(values: dict, skip: set[str]) -> list[str]:
+    argv = []
+    for key, value in values.items():
+        if key in skip or value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *(str(item) for item in value)]
+        else:
+            argv += [f"--{key}", json.dumps(value) if isinstance(value, dict) else str(value)]
+    return argv
 
 
 def parse_script_arguments(
-    argv: list[str] | None, demo_arguments: dict
+    argv: list[str] | None, demo_arguments: dict, description: str | None = None
 ) -> tuple[ModelArguments, DataArguments, TrainingArguments]:
-    """Parse a run script's arguments (`demo_arguments` when there are none, or one JSON file) and set up the run.
+    """Parse a run script's arguments and check them before any work.
+
+    On the synthetic InstVL (no `--dataset_name_or_path`) the script's `demo_arguments` are the defaults: each
+    applies unless its flag is given (`--max_steps 20` is the demo, shorter), and the demo's `config_overrides`
+    are merged with the given ones (a given field wins). A single `.json` argument is a complete argument file.
 
     Decoding and collating happen in the collator, so Trainer must pass every column through
     (`remove_unused_columns=False`) and each rank reads its own data instead of rank 0 decoding and broadcasting
-    every batch (`dispatch_batches=False`).
+    every batch (`dispatch_batches=False`). The process's thread count changes only when `--torch_num_threads`
+    asks for it.
     """
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataArguments, TrainingArguments))
-    if not argv:
-        fields = {name for dc in parser.dataclass_types for name in dc.__dataclass_fields__}
-        demo = {key: value for key, value in demo_arguments.items() if key in fields and value is not None}
-        model_args, data_args, training_args = parser.parse_dict(demo)
-    elif len(argv) == 1 and argv[0].endswith(".json"):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = HfArgumentParser(
+        (ModelArguments, DataArguments, TrainingArguments), description=description,
+        usage="%(prog)s [--flag value ...] | %(prog)s args.json", formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    if len(argv) == 1 and argv[0].endswith(".json"):
         model_args, data_args, training_args = parser.parse_json_file(os.path.abspath(argv[0]))
     else:
+        given = _explicit_flags(argv)
+        if "dataset_name_or_path" not in given:
+            fields = {f.name for dc in parser.dataclass_types for f in dataclasses.fields(dc)}
+            demo = {key: value for key, value in demo_arguments.items() if key in fields}
+            if "config_overrides" in given and demo.get("config_overrides"):
+                position = next(i for i, item in enumerate(argv) if item.split("=", 1)[0] == "--config_overrides")
+                if "=" in argv[position]:
+                    argv[position] = f"--config_overrides={demo['config_overrides']},{argv[position].split('=', 1)[1]}"
+                else:
+                    argv[position + 1] = f"{demo['config_overrides']},{argv[position + 1]}"
+            argv = _as_flags(demo, skip=given) + argv
         model_args, data_args, training_args = parser.parse_args_into_dataclasses(argv)
+    # Argument errors before any file is written or any data is read.
+    build_config(model_args)
+    check_dataset_source(data_args.dataset_name_or_path)
     training_args.remove_unused_columns = False
     training_args.accelerator_config.dispatch_batches = False
+    if data_args.torch_num_threads is not None:
+        torch.set_num_threads(data_args.torch_num_threads)
     set_seed(training_args.seed)
-    if not torch.cuda.is_available():
-        # On CPU the DataLoader workers need cores too; with more intra-op threads than free cores, small ops
-        # spin-wait on each other (measured: a tiny step went from 0.22 s to 1.5-13 s on 2 cores with 2 workers).
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) - training_args.dataloader_num_workers))
     return model_args, data_args, training_args
+
+
+def check_dataset_source(value: str | None) -> None:
+    """Fail at once on a data source that cannot exist, instead of after the Hub client's retries.
+
+    A path-like value (absolute, relative with `./` or `../`, `~`, a file name with an extension, or more than
+    one `/`) must exist locally; a `namespace/name` value that is no local folder must be a Hub dataset, which is
+    asked once (and refused at once with `HF_HUB_OFFLINE=1`).
+    """
+    if value is None or os.path.exists(os.path.expanduser(value)):
+        return
+    path_like = (
+        os.path.isabs(value) or value.startswith((".", "~")) or "\\" in value or value.count("/") != 1
+        or os.path.splitext(value)[1].lower() in (".json", ".jsonl", ".parquet", ".tar", ".csv")
+    )
+    if path_like:
+        raise FileNotFoundError(f"--dataset_name_or_path {value!r}: no such file or folder.")
+    from huggingface_hub import constants, dataset_info
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    if constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(
+            f"--dataset_name_or_path {value!r} is not a local folder, and the Hub is off (HF_HUB_OFFLINE=1)."
+        )
+    try:
+        dataset_info(value, timeout=10)
+    except RepositoryNotFoundError as error:
+        raise FileNotFoundError(f"--dataset_name_or_path {value!r}: neither a local folder nor a Hub dataset.") from error
+    except OSError as error:  # connection errors
+        raise FileNotFoundError(
+            f"--dataset_name_or_path {value!r} is not a local folder, and the Hub cannot be reached ({error})."
+        ) from error
 
 
 def parse_overrides(text: str | None) -> dict:
@@ -150,18 +233,46 @@ def build_tokenizer(model_args: ModelArguments, dataset: str, data_args: DataArg
     return build_caption_tokenizer(records, os.path.join(output_dir, "tokenizer"))
 
 
+def _config_field_names(config_class) -> set[str]:
+    return {f.name for f in dataclasses.fields(config_class)}
+
+
+def validated_overrides(text: str | None) -> list[tuple[str | None, str, object]]:
+    """`--config_overrides` as `(sub_config or None, field, value)` triples; an override naming no field of its
+    config is an error that lists the close matches (a misspelled field must not pass silently)."""
+    from transformers import CLIPVisionConfig
+
+    from modeling_instap import InstAPTextConfig, InstAPVisionConfig
+
+    sub_config_classes = {
+        "vision_config": InstAPVisionConfig, "text_config": InstAPTextConfig, "teacher_config": CLIPVisionConfig,
+    }
+    overrides = []
+    for name, value in parse_overrides(text).items():
+        *parents, leaf = name.split(".")
+        if len(parents) > 1 or (parents and parents[0] not in sub_config_classes):
+            raise ValueError(
+                f"config override {name!r}: {'.'.join(parents)!r} is not a sub-config (use one of "
+                f"{sorted(sub_config_classes)})."
+            )
+        config_class = sub_config_classes[parents[0]] if parents else InstAPConfig
+        known = _config_field_names(config_class) - (set() if parents else set(sub_config_classes))
+        if leaf not in known:
+            close = difflib.get_close_matches(leaf, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(repr('.'.join(parents + [c])) for c in close)}?" if close else ""
+            raise ValueError(f"config override {name!r}: {config_class.__name__} has no field {leaf!r}{hint}")
+        overrides.append((parents[0] if parents else None, leaf, value))
+    return overrides
+
+
 def build_config(model_args: ModelArguments, tokenizer=None) -> InstAPConfig:
     """A config from the preset and overrides (`sub_config.field=value` reaches a sub-config); the text ids follow
     the tokenizer."""
     fields = InstAPConfig.preset_fields(model_args.preset)
-    for name, value in parse_overrides(model_args.config_overrides).items():
-        *parents, leaf = name.split(".")
-        target = fields
-        for parent in parents:
-            if not isinstance(target.get(parent), dict):
-                raise ValueError(f"config override {name!r}: {parent!r} is not a sub-config.")
-            target = target[parent]
-        target[leaf] = value
+    for parent, leaf, value in validated_overrides(model_args.config_overrides):
+        if parent is not None and fields.get(parent) is None:
+            fields[parent] = {}
+        (fields if parent is None else fields[parent])[leaf] = value
     fields.setdefault("text_config", {})
     if tokenizer is not None:
         fields["text_config"].update(
@@ -174,15 +285,34 @@ def build_config(model_args: ModelArguments, tokenizer=None) -> InstAPConfig:
     return InstAPConfig(**fields)
 
 
-def build_processor(config: InstAPConfig, tokenizer, num_frames: int, max_length: int) -> InstAPProcessor:
+def apply_overrides(config: InstAPConfig, text: str | None) -> InstAPConfig:
+    """Set `--config_overrides` on a loaded config (continuing from a checkpoint), then check every value."""
+    for parent, leaf, value in validated_overrides(text):
+        target = config if parent is None else getattr(config, parent)
+        if target is None:
+            raise ValueError(f"config override {parent}.{leaf}: the checkpoint has no {parent}.")
+        setattr(target, leaf, value)
+    for sub in (config.vision_config, config.text_config):
+        sub.validate_values()
+    config.validate_values()
+    return config
+
+
+def build_processor(
+    config: InstAPConfig, tokenizer, num_frames: int, max_length: int, random_resized_crop_scale=(0.5, 1.0),
+    **processor_options,
+) -> InstAPProcessor:
     vision = config.vision_config
     video_processor = InstAPVideoProcessor(
         size={"height": vision.image_size, "width": vision.image_size},
         num_frames=num_frames,
         patch_size=vision.patch_size,
         instance_crop_size={"height": config.crop_size, "width": config.crop_size},
+        random_resized_crop_scale=tuple(random_resized_crop_scale),
     )
-    return InstAPProcessor(video_processor=video_processor, tokenizer=tokenizer, max_length=max_length)
+    return InstAPProcessor(
+        video_processor=video_processor, tokenizer=tokenizer, max_length=max_length, **processor_options
+    )
 
 
 def build_train_dataset(dataset: str, data_args: DataArguments, num_frames: int, batch_size: int, seed: int,
@@ -212,13 +342,17 @@ def build_eval_dataset(dataset: str, split: str, data_args: DataArguments, num_f
     return InstVLMapDataset(records, num_frames=num_frames, training=False, max_instances_per_sample=None)
 
 
-def collate_eval_batches(dataset: InstVLMapDataset, processor: InstAPProcessor, batch_size: int, num_workers: int = 0):
+def collate_eval_batches(
+    dataset: InstVLMapDataset, processor: InstAPProcessor, batch_size: int, num_workers: int = 0, desc: str = "decoding"
+):
     """Decode an evaluation split once into model batches (whole captions, all instances, no augmentation)."""
+    from tqdm.auto import tqdm
+
     collator = InstAPDataCollator(processor, text=True, instances=True, training=False)
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=False, collate_fn=collator, num_workers=num_workers
     )
-    return list(loader)
+    return list(tqdm(loader, desc=desc, disable=None))
 
 
 __all__ = [
@@ -228,7 +362,9 @@ __all__ = [
     "build_eval_dataset",
     "build_processor",
     "build_tokenizer",
+    "apply_overrides",
     "build_train_dataset",
+    "check_dataset_source",
     "collate_eval_batches",
     "parse_overrides",
     "parse_script_arguments",

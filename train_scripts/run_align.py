@@ -15,6 +15,7 @@ and instance retrieval on the test splits.
 import json
 import math
 import os
+import textwrap
 
 import torch
 from transformers.utils import logging
@@ -25,6 +26,7 @@ from instap_train import InstAPAlignTrainer
 from instap_train.factory import (
     DataArguments,
     ModelArguments,
+    apply_overrides,
     build_config,
     build_eval_dataset,
     build_processor,
@@ -34,11 +36,13 @@ from instap_train.factory import (
     parse_script_arguments,
     resolve_dataset,
 )
+from instap_train.reporting import chance_mean_recall, format_table, plot_training_curves
 from modeling_instap import InstAPForMaskedVideoModeling, InstAPForPreTraining
 
 logger = logging.get_logger(__name__)
 
-# The demo (no arguments): about three minutes on two CPU cores.
+# The defaults on the synthetic InstVL (the demo: `python train_scripts/run_align.py`, about 5 minutes on 2 CPU
+# cores); each applies unless its flag is given, and the config overrides merge with given ones.
 DEMO_ARGUMENTS = {
     "output_dir": os.path.join("outputs", "instap-tiny-align"),
     "max_steps": 600,
@@ -51,24 +55,38 @@ DEMO_ARGUMENTS = {
     "lr_scheduler_kwargs": {"min_lr_rate": 0.01},
     "logging_steps": 50,
     "save_strategy": "no",
-    "report_to": "none",
+    "report_to": "tensorboard",
     "dataloader_num_workers": 2,
+    # 2 cores: 1 torch thread beside 2 loader workers was the fastest (benchmarks/bench_threads.py).
+    "torch_num_threads": 1,
     "seed": 0,
     "data_seed": 0,
     "rerank_k": 16,
-    # From scratch the teacher is random, so its "attention-guided" masks carry no information and ρ = 0.8 hides
-    # most of the small synthetic objects (single 400-step runs: global mean recall 9.9 at 0.8/0.5, 19.4 at
-    # 0.5/0.25; run-to-run variation is large, see the README). 64² frames give the objects a few patches each
-    # (32²: 7.7). Real runs keep METHOD's 0.8/0.5.
+    # The teacher is random here, so its masks carry no information: ρ 0.5/0.25 (METHOD: 0.8/0.5) keeps the small
+    # objects in view; 64² frames give each object a few patches.
     "config_overrides": "video_mask_ratio=0.5,image_mask_ratio=0.25,vision_config.image_size=64,"
     "teacher_config.image_size=64,teacher_image_size=64",
 }
 
 
+DESCRIPTION = textwrap.dedent(
+    """\
+    Stage 2 of InstAP (instance-aware alignment). Without --dataset_name_or_path it trains the tiny preset on the
+    synthetic InstVL (generated on first use) with the demo defaults below, each overridable by its flag (the
+    demo's --config_overrides merge with yours), then prints global and instance retrieval on the test splits.
+    The script's own arguments (model, data) come first; the Trainer's follow.
+
+    demo defaults: """
+) + ", ".join(f"--{key} {value}" for key, value in DEMO_ARGUMENTS.items())
+
+
 def load_model(model_args: ModelArguments, config) -> InstAPForPreTraining:
     """Stage-2 model from a checkpoint, or from a config initialised from stage 1 / BERT / CLIP as asked."""
     if model_args.model_name_or_path:
-        return InstAPForPreTraining.from_pretrained(model_args.model_name_or_path)
+        loaded = InstAPForPreTraining.config_class.from_pretrained(model_args.model_name_or_path)
+        return InstAPForPreTraining.from_pretrained(
+            model_args.model_name_or_path, config=apply_overrides(loaded, model_args.config_overrides)
+        )
     model = InstAPForPreTraining(config)
     if model_args.stage1_checkpoint:
         stage1 = InstAPForMaskedVideoModeling.from_pretrained(model_args.stage1_checkpoint)
@@ -86,15 +104,6 @@ def load_model(model_args: ModelArguments, config) -> InstAPForPreTraining:
     return model
 
 
-def format_table(results: dict[str, dict[str, float]]) -> str:
-    """Markdown table of R@1/5/10 both ways and mean recall for every evaluation."""
-    keys = ["t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "r_mean"]
-    lines = ["| evaluation | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
-    for name, metrics in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{metrics[key]:.2f}" for key in keys) + " |")
-    return "\n".join(lines)
-
-
 def evaluate_splits(
     model, processor, dataset: str, data_args: DataArguments, num_frames: int, batch_size: int,
     instance_attention_pool: bool = True,
@@ -102,11 +111,12 @@ def evaluate_splits(
     """Global and instance retrieval on each evaluation split, dual encoder and re-ranked.
 
     `instance_attention_pool=False` scores instance crops alone, as global-only models are evaluated (METHOD §5).
+    Returns `(results, chance)`: row name -> metrics, and row name -> the mean recall of a random ranking.
     """
-    results = {}
+    results, chance = {}, {}
     for split in filter(None, (name.strip() for name in data_args.eval_splits.split(","))):
         eval_dataset = build_eval_dataset(dataset, split, data_args, num_frames)
-        batches = collate_eval_batches(eval_dataset, processor, batch_size)
+        batches = collate_eval_batches(eval_dataset, processor, batch_size, desc=f"decoding {split}")
         pixel_values = [batch["pixel_values"] for batch in batches]
         input_ids = torch.cat([batch["input_ids"] for batch in batches])
         attention_mask = torch.cat([batch["attention_mask"] for batch in batches])
@@ -116,6 +126,8 @@ def evaluate_splits(
         )
         results[f"{split} global, dual encoder"] = global_result.metrics_dual
         results[f"{split} global, re-ranked"] = global_result.metrics_rerank
+        for row in ("dual encoder", "re-ranked"):
+            chance[f"{split} global, {row}"] = chance_mean_recall(input_ids.shape[0])
         if any("instance_pixel_values" in batch for batch in batches):
             inst = instance_retrieval(
                 model, lambda split_batches=batches: iter(split_batches), k=data_args.rerank_k,
@@ -123,15 +135,17 @@ def evaluate_splits(
             )
             results[f"{split} instance, dual encoder"] = inst.metrics_dual
             results[f"{split} instance, re-ranked"] = inst.metrics_rerank
+            for row in ("dual encoder", "re-ranked"):
+                chance[f"{split} instance, {row}"] = chance_mean_recall(inst.scores_dual.shape[0])
         # Decoded in this process (no workers), so the tracker holds the split's counts.
         skipped = eval_dataset.tracker.summary()
         if skipped["bad"]:
             print(f"{split}: skipped {skipped['bad']} bad samples of {skipped['seen']} ({skipped['by_reason']})")
-    return results
+    return results, chance
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, training_args = parse_script_arguments(argv, DEMO_ARGUMENTS)
+    model_args, data_args, training_args = parse_script_arguments(argv, DEMO_ARGUMENTS, description=DESCRIPTION)
     # Trainer would create the Hub repository at start (network); the export below pushes (or dry-runs) at the end.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
 
@@ -145,7 +159,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         model = apply_lora(model, r=model_args.lora_r, alpha=model_args.lora_alpha)
     num_frames = data_args.num_frames or config.vision_config.num_frames
-    processor = build_processor(config, tokenizer, num_frames, data_args.max_text_length)
+    processor = build_processor(
+        config, tokenizer, num_frames, data_args.max_text_length, data_args.random_resized_crop_scale,
+        full_caption=data_args.full_caption, box_trajectories=data_args.box_trajectories,
+    )
     train_dataset = build_train_dataset(
         dataset, data_args, num_frames, training_args.per_device_train_batch_size, training_args.data_seed or 0,
         config.max_instances_per_sample, stage=2,
@@ -172,15 +189,28 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     if trainer.is_world_process_zero():
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
-        results = evaluate_splits(
+        results, chance = evaluate_splits(
             unwrapped, processor, dataset, data_args, num_frames, training_args.per_device_eval_batch_size
         )
-        print(f"\nInstAP after {train_result.global_step} steps (final training loss {train_result.training_loss:.4f})")
+        output_dir = training_args.output_dir
+        summary = [f"\nInstAP after {train_result.global_step} steps (final training loss {train_result.training_loss:.4f})"]
         if results:
-            print(format_table(results))
-        eval_json = os.path.join(training_args.output_dir, "eval_results.json")
+            table = format_table(results, chance)
+            summary += [table, f"Re-ranking: the matching head's positive logit on each query's top {data_args.rerank_k} "
+                        "(recalls only; ranks outside the top k are not meaningful)."]
+            with open(os.path.join(output_dir, "retrieval.md"), "w", encoding="utf-8") as handle:
+                handle.write(table + "\n")
+        eval_json = os.path.join(output_dir, "eval_results.json")
         with open(eval_json, "w", encoding="utf-8") as handle:
-            json.dump({"global_step": train_result.global_step, "results": results}, handle, indent=2)
+            json.dump({"global_step": train_result.global_step, "rerank_k": data_args.rerank_k, "results": results,
+                       "chance_r_mean": chance}, handle, indent=2)
+        curves = plot_training_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png"))
+        summary.append(f"Model, processor, results (eval_results.json, retrieval.md){', curves (training_curves.png)' if curves else ''} "
+                       f"written to {output_dir}.")
+        if trainer.dropped_instances:
+            summary.append(f"Instances left out in training (under {processor.min_visible_box_fraction:.0%} of the box in "
+                           f"view after augmentation): {trainer.dropped_instances}.")
+        print("\n".join(summary))
         # The folder's own card, with the results just measured in its model-index.
         from instap_train.model_card import generate_model_card
 

@@ -34,15 +34,16 @@ DEMO_ARGUMENTS = {
     "lr_scheduler_type": "cosine",
     "logging_steps": 20,
     "save_strategy": "no",
-    "report_to": "none",
+    "report_to": "tensorboard",
     "dataloader_num_workers": 2,
+    "torch_num_threads": 1,
     "seed": 0,
     "num_frames": 8,
 }
 
 
 def main(argv: list[str] | None = None):
-    model_args, data_args, training_args = parse_script_arguments(argv, DEMO_ARGUMENTS)
+    model_args, data_args, training_args = parse_script_arguments(argv, DEMO_ARGUMENTS, description=__doc__)
     dataset = resolve_dataset(data_args)
     if model_args.model_name_or_path:
         model = InstAPForMaskedVideoModeling.from_pretrained(model_args.model_name_or_path)
