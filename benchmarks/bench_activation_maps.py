@@ -34,7 +34,7 @@ from instap_eval.visualize import activation_map, box_mass_ratio
 from instap_processing import InstAPProcessor
 from instap_processing.instvl import load_instvl
 
-_OBJECT = re.compile(r"a (?:small|large) (\w+) (\w+)")
+_OBJECT = re.compile(r"(?:small|large) (\w+) (\w+)")
 
 
 def box_density(maps: torch.Tensor, box) -> float:
@@ -54,7 +54,7 @@ def measure(model, processor, records, method: str) -> dict:
             continue
         scenes += 1
         for index, instance in enumerate(instances):
-            match = _OBJECT.match(instance["caption"])
+            match = _OBJECT.search(instance["caption"])
             if match is None:
                 raise ValueError(f"Unexpected synthetic caption {instance['caption']!r}")
             maps = activation_map(model, processor, record["media"], f"a {match.group(1)} {match.group(2)}",

@@ -136,6 +136,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.update(table_rows(name, evaluation))
     table = format_results_table(rows)
     print(table)
+    if not args.no_rerank:
+        print(f"Re-ranked rows: the matching head's positive logit on each query's top {args.k} (--k); recalls only, "
+              "since ranks outside the top k are not meaningful.")
     output = {
         "model": args.model,
         "data": args.data,

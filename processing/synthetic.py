@@ -328,17 +328,19 @@ def _instance_sentences(
 def _scene_sentences(
     objects: Sequence[SyntheticObject], background: str, media_type: str, image_size: int
 ) -> list[str]:
-    first = f"{_listed([f'a {obj.name}' for obj in objects])} on a {background} background."
-    if media_type == "video":
-        second = _listed([f"the {obj.name} is {_motion_phrase(obj)}" for obj in objects]) + "."
-    else:
-        second = _listed([f"the {obj.name} is in the {_region(*obj.start, image_size)}" for obj in objects]) + "."
-    ordered = sorted(objects, key=lambda obj: obj.start[0])
     count = _NUMBER_WORDS[len(objects)]
-    if len(objects) == 1:
-        third = f"one shape, a {objects[0].name}, on {background}."
+    shapes = f"{count} shape{'s' if len(objects) > 1 else ''}"
+    first = f"{shapes} on a {background} background: {_listed([f'a {obj.name}' for obj in objects])}."
+    if media_type == "video":
+        second = f"on {background}, " + _listed([f"the {obj.name} is {_motion_phrase(obj)}" for obj in objects]) + "."
     else:
-        third = f"{count} shapes on {background} from left to right: {_listed([f'a {obj.name}' for obj in ordered])}."
+        places = [f"the {obj.name} is in the {_region(*obj.start, image_size)}" for obj in objects]
+        second = f"on {background}, " + _listed(places) + "."
+    ordered = sorted(objects, key=lambda obj: obj.start[0])
+    if len(objects) == 1:
+        third = f"a single {objects[0].name} on {background}, in the {_region(*objects[0].start, image_size)}."
+    else:
+        third = f"{shapes} on {background} from left to right: {_listed([f'a {obj.name}' for obj in ordered])}."
     return [first, second, third]
 
 

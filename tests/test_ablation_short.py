@@ -1,49 +1,63 @@
-"""A short version of `benchmarks/ablation_synthetic.py`: one 200-step CPU training of the tiny InstAP on the
-synthetic InstVL, then (1) instance retrieval beats chance on held-out splits and (2) the activation maps of an
-object's phrase put more mass inside that object's box than outside, where the untrained model does not."""
+"""A short version of `benchmarks/ablation_synthetic.py`: two 200-step CPU trainings of the tiny model on the
+synthetic InstVL from the same initialisation and data order, (a) L_rec + L_global and (b) InstAP (the demo's
+recipe), then (1) InstAP's instance retrieval beats the global-only model's by a margin and chance by far, without
+losing global retrieval, and (2) the activation maps of an object's phrase put more mass inside that object's box
+than outside, where the untrained model does not."""
 
 import statistics
 
 import pytest
 
 SPLITS = ("video_1k", "img_zero_1k")
+STEPS = 200
 
 
 def chance_mean_recall(num_items: int) -> float:
     return 100.0 * sum(min(k, num_items) for k in (1, 5, 10)) / 3 / num_items
 
 
+def _train(root, data, name, overrides=None):
+    from instap_train.run_align import main as run_align
+
+    argv = [
+        "--output_dir", str(root / name), "--synthetic_dir", data, "--synthetic_num_train", "128",
+        "--synthetic_num_test", "32", "--max_steps", str(STEPS), "--warmup_steps", "10", "--logging_steps", "100",
+        "--report_to", "none", "--dataloader_num_workers", "0", "--use_cpu", "--eval_splits", ",".join(SPLITS),
+        "--rerank_k", "4",
+    ]
+    return run_align(argv + (["--config_overrides", overrides] if overrides else []))
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     from instap_train.demo_data import ensure_synthetic_instvl
-    from instap_train.run_align import DEMO_ARGUMENTS
-    from instap_train.run_align import main as run_align
 
     root = tmp_path_factory.mktemp("ablation")
     data = ensure_synthetic_instvl(str(root / "instvl"), num_train=128, num_test=32, seed=0)
-    output_dir = root / "out"
-    results = run_align([
-        "--output_dir", str(output_dir), "--synthetic_dir", data, "--synthetic_num_train", "128",
-        "--synthetic_num_test", "32", "--max_steps", "200", "--per_device_train_batch_size", "16",
-        "--learning_rate", "1e-3", "--warmup_steps", "10", "--lr_scheduler_type", "cosine_with_min_lr",
-        "--lr_scheduler_kwargs", '{"min_lr_rate": 0.01}', "--logging_steps", "100", "--save_strategy", "no",
-        "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0", "--use_cpu",
-        "--eval_splits", ",".join(SPLITS), "--rerank_k", "4", "--config_overrides", DEMO_ARGUMENTS["config_overrides"],
-    ])
-    return data, output_dir, results
+    results = {"instap": _train(root, data, "instap"), "global_only": _train(root, data, "global_only", "lambda_inst=0")}
+    return data, root / "instap", results
 
 
 @pytest.mark.slow
-def test_instap_beats_chance_on_instance_retrieval(trained):
+def test_instance_loss_lifts_instance_retrieval_without_hurting_global(trained):
     from instap_processing.instvl import load_instvl
 
     data, _, results = trained
-    ratios = []
+    lift, ratios, global_change = [], [], []
     for split in SPLITS:
         num_instances = sum(len(record["instances"]) for record in load_instvl(data, split, streaming=False))
-        ratios.append(results[f"{split} instance, dual encoder"]["r_mean"] / chance_mean_recall(num_instances))
-    # Measured 1.45x and 2.3x chance (seed 0; seed 1: 2.4x and 3.0x); the bar is 1.25x on average over the splits.
-    assert sum(ratios) / len(ratios) > 1.25, ratios
+        instap = results["instap"][f"{split} instance, dual encoder"]["r_mean"]
+        # The global-only model's crops are scored alone (run_align does so for λ_inst = 0, METHOD §5).
+        lift.append(instap - results["global_only"][f"{split} instance, dual encoder"]["r_mean"])
+        ratios.append(instap / chance_mean_recall(num_instances))
+        global_change.append(
+            results["instap"][f"{split} global, dual encoder"]["r_mean"]
+            - results["global_only"][f"{split} global, dual encoder"]["r_mean"]
+        )
+    # Measured (seed 0): see the README's ablation section; the bars leave room for seed noise.
+    assert statistics.mean(lift) > 5.0, lift
+    assert statistics.mean(ratios) > 3.0, ratios
+    assert statistics.mean(global_change) > -10.0, global_change
 
 
 @pytest.mark.slow
@@ -68,7 +82,7 @@ def test_activation_maps_point_at_the_named_object_after_training(trained):
         ratios = []
         for record in scenes:
             for instance in record["instances"]:
-                colour, shape = re.match(r"a (?:small|large) (\w+) (\w+)", instance["caption"]).groups()
+                colour, shape = re.search(r"(?:small|large) (\w+) (\w+)", instance["caption"]).groups()
                 maps = activation_map(candidate, processor, record["media"], f"a {colour} {shape}")
                 assert maps.isfinite().all() and float(maps.max()) == pytest.approx(1.0) and float(maps.min()) >= 0
                 ratios.append(box_mass_ratio(maps, instance["boxes"][0]))

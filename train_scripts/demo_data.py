@@ -25,7 +25,7 @@ def ensure_synthetic_instvl(root: str, num_train: int = 512, num_test: int = 128
     """Write the synthetic InstVL to `root` unless a complete copy with the same settings is already there."""
     from instap_processing.synthetic import SPLIT_MEDIA, SyntheticConfig, write_dataset
 
-    settings = {"num_train": num_train, "num_test": num_test, "seed": seed, "version": 2}
+    settings = {"num_train": num_train, "num_test": num_test, "seed": seed, "version": 3}
     marker = os.path.join(root, "instap_synthetic.json")
     if os.path.exists(marker):
         with open(marker, encoding="utf-8") as handle:
