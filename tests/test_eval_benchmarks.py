@@ -136,7 +136,8 @@ def test_benchmark_evaluation_matches_per_video_reference(setup, paragraph):
         model, processor, shuffled.videos, shuffled.texts, shuffled.text_to_video, expected_length
     )
     assert result["global"]["dual_encoder"] == pytest.approx(reference, abs=1e-6)
-    assert set(result["global"]["reranked"]) == set(reference)
+    # Re-ranked: the recalls only (ranks outside the top k are not meaningful).
+    assert set(result["global"]["reranked"]) == {key for key in reference if not key.endswith(("medr", "meanr"))}
     # No cache: the re-ranking pass decoded every batch a second time.
     assert result["decoded_batches"] == 2 * result["batches"]
 

@@ -83,7 +83,8 @@ def test_two_step_demo_keeps_its_defaults_and_leaves_logs_curves_and_table(tmp_p
     threads = torch.get_num_threads()
     try:
         results = run_align([
-            "--max_steps", "2", "--logging_steps", "1", "--output_dir", str(output_dir), "--synthetic_dir", data,
+            "--max_steps", "2", "--logging_steps", "1", "--per_device_train_batch_size", "4",
+            "--output_dir", str(output_dir), "--synthetic_dir", data,
             "--synthetic_num_train", "16", "--synthetic_num_test", "8", "--eval_splits", "img_1k",
             "--dataloader_num_workers", "0",
         ])

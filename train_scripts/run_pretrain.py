@@ -39,6 +39,8 @@ DEMO_ARGUMENTS = {
     "torch_num_threads": 1,
     "seed": 0,
     "num_frames": 8,
+    # The stage-2 demo's resolution, so that this checkpoint initialises it (`run_align.py --stage1_checkpoint`).
+    "config_overrides": "vision_config.image_size=64,teacher_config.image_size=64,teacher_image_size=64",
 }
 
 
