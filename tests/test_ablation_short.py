@@ -54,10 +54,11 @@ def test_instance_loss_lifts_instance_retrieval_without_hurting_global(trained):
             results["instap"][f"{split} global, dual encoder"]["r_mean"]
             - results["global_only"][f"{split} global, dual encoder"]["r_mean"]
         )
-    # Measured (seed 0): see the README's ablation section; the bars leave room for seed noise.
-    assert statistics.mean(lift) > 5.0, lift
-    assert statistics.mean(ratios) > 3.0, ratios
-    assert statistics.mean(global_change) > -10.0, global_change
+    # Measured (seed 0): instance lift +42.5 / +39.5, InstAP at 8.8x / 7.9x chance, global +23.4 / +18.2 (video_1k
+    # / img_zero_1k); the bars leave room for seed noise.
+    assert statistics.mean(lift) > 15.0, lift
+    assert statistics.mean(ratios) > 4.0, ratios
+    assert statistics.mean(global_change) > -5.0, global_change
 
 
 @pytest.mark.slow

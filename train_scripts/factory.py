@@ -177,7 +177,7 @@ def check_dataset_source(value: str | None) -> None:
     if path_like:
         raise FileNotFoundError(f"--dataset_name_or_path {value!r}: no such file or folder.")
     from huggingface_hub import constants, dataset_info
-    from huggingface_hub.errors import RepositoryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
 
     if constants.HF_HUB_OFFLINE:
         raise FileNotFoundError(
@@ -187,7 +187,9 @@ def check_dataset_source(value: str | None) -> None:
         dataset_info(value, timeout=10)
     except RepositoryNotFoundError as error:
         raise FileNotFoundError(f"--dataset_name_or_path {value!r}: neither a local folder nor a Hub dataset.") from error
-    except OSError as error:  # connection errors
+    except HfHubHTTPError:  # the repository exists (gated, or the Hub answered otherwise): let the loader decide
+        return
+    except Exception as error:  # noqa: BLE001 - connection errors of the HTTP client (httpx), timeouts
         raise FileNotFoundError(
             f"--dataset_name_or_path {value!r} is not a local folder, and the Hub cannot be reached ({error})."
         ) from error
