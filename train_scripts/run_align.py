@@ -57,7 +57,8 @@ DEMO_ARGUMENTS = {
     "save_strategy": "no",
     "report_to": "tensorboard",
     "dataloader_num_workers": 2,
-    # 2 cores: 1 torch thread beside 2 loader workers was the fastest (benchmarks/bench_threads.py).
+    # 2 idle cores: 2 workers + 1 thread ran 1.73 steps/s, 0 workers + 2 threads 1.75 (benchmarks/bench_threads.py);
+    # one thread keeps its speed when other load takes a core (2 threads then ran up to 20x slower).
     "torch_num_threads": 1,
     "seed": 0,
     "data_seed": 0,
