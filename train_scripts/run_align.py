@@ -41,7 +41,7 @@ from modeling_instap import InstAPForMaskedVideoModeling, InstAPForPreTraining
 
 logger = logging.get_logger(__name__)
 
-# The defaults on the synthetic InstVL (the demo: `python train_scripts/run_align.py`, about 5 minutes on 2 CPU
+# The defaults on the synthetic InstVL (the demo: `python train_scripts/run_align.py`, about 7 minutes on 2 CPU
 # cores); each applies unless its flag is given, and the config overrides merge with given ones.
 DEMO_ARGUMENTS = {
     "output_dir": os.path.join("outputs", "instap-tiny-align"),
