@@ -8,12 +8,10 @@ import statistics
 
 import pytest
 
+from instap_train.reporting import chance_mean_recall
+
 SPLITS = ("video_1k", "img_zero_1k")
 STEPS = 200
-
-
-def chance_mean_recall(num_items: int) -> float:
-    return 100.0 * sum(min(k, num_items) for k in (1, 5, 10)) / 3 / num_items
 
 
 def _train(root, data, name, overrides=None):
