@@ -256,12 +256,11 @@ class InstAPProcessor(ProcessorMixin):
                     if isinstance(raw, InstVLInstance)
                     else parse_instance(raw, position, sample_id=sample_id, media_type=media_type)
                 )
-                if media_type == "image":
-                    # An image instance has one box; use it whatever frame index it was given.
-                    boxes = torch.as_tensor(instance.boxes[:1], dtype=torch.float32).expand(num_frames, 4)
-                elif self.box_trajectories:
+                if media_type == "video" and self.box_trajectories:
                     boxes = boxes_at_frames(instance.frame_index, instance.boxes, clip_frames)
                 else:
+                    # An image instance has one box (whatever frame index it was given); without trajectories a
+                    # video instance keeps its first box in every frame.
                     boxes = torch.as_tensor(instance.boxes[:1], dtype=torch.float32).expand(num_frames, 4)
                 all_boxes.append(transform.apply_to_boxes(boxes))
                 sample_index.append(sample)

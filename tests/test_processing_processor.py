@@ -292,3 +292,17 @@ def test_instances_mostly_out_of_view_are_dropped_and_counted(processor):
         processor.min_visible_box_fraction = 0.5
     with pytest.raises(ValueError, match="min_visible_box_fraction"):
         type(processor)(processor.video_processor, processor.tokenizer, min_visible_box_fraction=1.5)
+
+
+def test_without_trajectories_every_frame_takes_the_first_box(processor, moving_red_square):
+    video, instance = moving_red_square
+    processor.video_processor.num_frames = 6
+    kwargs = dict(videos=[video], text=["x"], instances=[[instance]], sample_ids=["s"], do_normalize=False)
+    processor.box_trajectories = False
+    try:
+        crops = processor(**kwargs)["instance_pixel_values"][0]
+    finally:
+        processor.box_trajectories = True
+    red = (crops[:, 0] - crops[:, 1:].mean(1)).mean(dim=(1, 2))
+    # The square moves away from its first box: the last frames' crops show less of it than the first one's.
+    assert red[-1] < red[0] - 0.2, red
