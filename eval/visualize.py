@@ -104,6 +104,9 @@ def token_relevance(
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device
+    # Only eager attention returns the cross-attention maps (and keeps their graph): switch the fusion tower to it.
+    attention_kernel = backbone.text_model.config._attn_implementation
+    backbone.text_model.set_attn_implementation("eager")
     try:
         with torch.enable_grad():
             with torch.no_grad():
@@ -113,10 +116,11 @@ def token_relevance(
             video = video.detach().float().requires_grad_(True)
             fused = backbone.fuse(text.float(), attention_mask.to(device), video, output_attentions=True)
             logit = backbone.itm_head(fused.last_hidden_state[:, 0].to(backbone.itm_head.weight.dtype))[0, 1]
-            attentions = tuple(fused.attentions)
+            attentions = tuple(fused.cross_attentions)
             *attention_grads, video_grad = torch.autograd.grad(logit, attentions + (video,))
     finally:
         backbone.train(was_training)
+        backbone.text_model.set_attn_implementation(attention_kernel)
 
     if method == "attention":
         token_weights = attention_mask[0].to(device=device, dtype=torch.float32)

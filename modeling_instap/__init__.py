@@ -1,9 +1,10 @@
 """InstAP models on the `PreTrainedModel` API.
 
 Importing this package registers the `instap` model type with `AutoConfig`, `AutoModel` and
-`AutoModelForPreTraining`, and marks the classes for remote code, so that `save_pretrained` writes an `auto_map`
-and copies these files: a folder saved from here loads with
-`AutoModel.from_pretrained(folder, trust_remote_code=True)` in a process that never imported `modeling_instap`.
+`AutoModelForPreTraining`, and the `zero-shot-video-classification` pipeline task, and marks the classes for
+remote code, so that `save_pretrained` writes an `auto_map` and copies these files: a folder saved from here loads
+with `AutoModel.from_pretrained(folder, trust_remote_code=True)` in a process that never imported `modeling_instap`.
+(`import instap_processing` imports this package and registers the processors too: the one import a script needs.)
 """
 
 from transformers import AutoConfig, AutoModel, AutoModelForPreTraining
@@ -18,6 +19,7 @@ from .modeling_instap import (
     InstAPTextModel,
     InstAPVisionModel,
 )
+from .pipeline_instap import InstAPZeroShotVideoClassificationPipeline
 
 AutoConfig.register(InstAPConfig.model_type, InstAPConfig, exist_ok=True)
 AutoModel.register(InstAPConfig, InstAPModel, exist_ok=True)
@@ -38,4 +40,5 @@ __all__ = [
     "InstAPTextModel",
     "InstAPVisionConfig",
     "InstAPVisionModel",
+    "InstAPZeroShotVideoClassificationPipeline",
 ]

@@ -194,8 +194,11 @@ class InstAPTextConfig(PreTrainedConfig):
         for name in ("pad_token_id", "cls_token_id", "sep_token_id", "mask_token_id"):
             value = getattr(self, name)
             if value is not None and not 0 <= value < self.vocab_size:
-                raise ValueError(
-                    f"InstAPTextConfig.{name} must be in [0, vocab_size={self.vocab_size}), got {value}."
+                # A warning, as transformers gives for token ids: a config rebuilt with another vocabulary may not
+                # have set them yet, and only the MLM masking and the [PAD] embedding read them.
+                logger.warning(
+                    f"InstAPTextConfig.{name}={value} is outside [0, vocab_size={self.vocab_size}); set it to the "
+                    "tokenizer's id before pre-training (MLM masking and the [PAD] embedding read it)."
                 )
         _check_fraction(self, "hidden_dropout_prob")
         _check_fraction(self, "attention_probs_dropout_prob")

@@ -29,9 +29,9 @@ __all__ = [
     "all_gather_with_grad",
     "gather_without_grad",
     "all_gather_variable",
-    "any_process",
+    "check_equal_batch_sizes",
+    "gather_counts",
     "process_rank",
-    "process_offset",
     "contrastive_loss",
     "sample_hard_negatives",
     "matching_loss",
@@ -57,24 +57,29 @@ def _is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
 
 
-def _check_equal_sizes(local_size: int, device: torch.device) -> int:
-    """All-gather the local dim-0 sizes and raise if they differ; returns the world size.
+def gather_counts(counts: Sequence[int], device: torch.device | None = None) -> Tensor:
+    """All-gather a few per-rank counts in one collective: ``(len(counts),)`` -> ``(world, len(counts))``.
 
-    ``dist.all_gather`` needs equal shapes on every rank, and the row offsets used to slice gradients
-    (and to build global targets) assume them. Gathering the sizes first turns a hang or an obscure
-    backend error into a clear message.
+    The model gathers its local batch size and instance count once per step: the batch sizes must match (the
+    row offsets of the gathers assume it; a ``ValueError`` names the sizes instead of a hang), and the instance
+    counts size the padded instance gathers. ``(1, len(counts))`` in one process.
     """
-    world = dist.get_world_size()
-    size = torch.tensor([local_size], dtype=torch.long, device=device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    values = [int(s.item()) for s in sizes]
-    if any(v != local_size for v in values):
+    local = torch.tensor([list(counts)], dtype=torch.long, device=device)
+    if not _is_distributed():
+        return local
+    gathered = [torch.zeros_like(local) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, local)
+    return torch.cat(gathered).cpu()
+
+
+def check_equal_batch_sizes(batch_sizes: Sequence[int]) -> None:
+    """Raise when the ranks' local batch sizes (a column of ``gather_counts``) differ."""
+    sizes = [int(size) for size in batch_sizes]
+    if any(size != sizes[0] for size in sizes):
         raise ValueError(
             "all-gather requires the same local batch size on every process along dim 0; got sizes "
-            f"{values} over ranks 0..{world - 1}. Pad or drop the last batch so all ranks match."
+            f"{sizes} over ranks 0..{len(sizes) - 1}. Pad or drop the last batch so all ranks match."
         )
-    return world
 
 
 class _AllGatherWithGrad(torch.autograd.Function):
@@ -82,11 +87,10 @@ class _AllGatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, tensor: Tensor) -> Tensor:  # type: ignore[override]
-        world = _check_equal_sizes(tensor.shape[0], tensor.device)
         ctx.rank = dist.get_rank()
         ctx.local = tensor.shape[0]
         tensor = tensor.contiguous()
-        out = [torch.empty_like(tensor) for _ in range(world)]
+        out = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(out, tensor)
         return torch.cat(out, dim=0)
 
@@ -102,7 +106,8 @@ def all_gather_with_grad(tensor: Tensor) -> Tensor:
     """Concatenate ``tensor`` over all processes along dim 0, keeping the autograd graph.
 
     Shapes: ``(n, *rest)`` on every rank -> ``(W * n, *rest)``, rank ``r``'s rows at ``[r*n, (r+1)*n)``.
-    The local size ``n`` must be equal on all ranks (checked; a ``ValueError`` is raised otherwise).
+    The local size ``n`` must be equal on all ranks (the caller checks it once per step with
+    ``gather_counts``/``check_equal_batch_sizes``; this function adds no collective of its own).
 
     Backward: the gradient of the gathered tensor is summed over processes (all_reduce SUM) and the
     rows of this rank are returned, like ``torch.distributed.nn.functional.all_gather``. Under DDP
@@ -122,36 +127,34 @@ def gather_without_grad(tensor: Tensor) -> Tensor:
 
     Used for ids and for no-grad similarity computations. The result is always detached, also in a
     single process (where it is ``tensor.detach()``, the same values), so that a graph never flows
-    through it in one world size and not in another. Equal local sizes are required (checked).
+    through it in one world size and not in another. Equal local sizes are required, as above.
     """
     if not _is_distributed():
         return tensor.detach()
     with torch.no_grad():
-        world = _check_equal_sizes(tensor.shape[0], tensor.device)
         tensor = tensor.detach().contiguous()
-        out = [torch.empty_like(tensor) for _ in range(world)]
+        out = [torch.empty_like(tensor) for _ in range(dist.get_world_size())]
         dist.all_gather(out, tensor)
         return torch.cat(out, dim=0)
 
 
-def all_gather_variable(tensor: Tensor, with_grad: bool = True) -> Tensor:
+def all_gather_variable(tensor: Tensor, counts: Sequence[int], with_grad: bool = True) -> Tensor:
     """Like ``all_gather_with_grad`` (or ``gather_without_grad``) for local sizes that differ across ranks.
 
     The instance count of a step differs from rank to rank, so the rows are padded to the longest rank,
-    gathered, and the padding rows dropped: ``(n_r, *rest)`` on rank ``r`` -> ``(sum_r n_r, *rest)`` in
-    rank order. Identity (detached when ``with_grad=False``) in one process.
+    gathered (one collective), and the padding rows dropped: ``(n_r, *rest)`` on rank ``r`` ->
+    ``(sum_r n_r, *rest)`` in rank order. ``counts`` are every rank's ``n_r`` (a column of
+    ``gather_counts``). Identity (detached when ``with_grad=False``) in one process.
     """
     if not _is_distributed():
         return tensor if with_grad else tensor.detach()
+    counts = [int(count) for count in counts]
+    if counts[dist.get_rank()] != tensor.shape[0]:
+        raise ValueError(f"all_gather_variable: this rank has {tensor.shape[0]} rows but counts say {counts}.")
     if tensor.is_floating_point() and tensor.dtype in (torch.float16, torch.bfloat16):
         # Under autocast one rank's rows may be half precision while an empty rank's are float32; the gather needs
         # one dtype on every rank, and the losses compute in float32 anyway.
         tensor = tensor.float()
-    world = dist.get_world_size()
-    size = torch.tensor([tensor.shape[0]], dtype=torch.long, device=tensor.device)
-    sizes = [torch.zeros_like(size) for _ in range(world)]
-    dist.all_gather(sizes, size)
-    counts = [int(s.item()) for s in sizes]
     longest = max(counts)
     padding = tensor.new_zeros((longest - tensor.shape[0], *tensor.shape[1:]))
     padded = torch.cat([tensor, padding], dim=0)
@@ -160,38 +163,9 @@ def all_gather_variable(tensor: Tensor, with_grad: bool = True) -> Tensor:
     return gathered[rows.to(tensor.device)]
 
 
-def any_process(flag: bool, device: torch.device | None = None) -> bool:
-    """True when ``flag`` is true on at least one process; ``flag`` itself in one process.
-
-    A collective (every rank must call it): branches that contain gathers, such as the instance losses, must be
-    entered by all ranks or by none, or the ranks that skip leave the others waiting in the gather.
-    """
-    if not _is_distributed():
-        return bool(flag)
-    value = torch.tensor([1 if flag else 0], dtype=torch.long, device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
 def process_rank() -> int:
     """This process's rank, 0 in one process."""
     return dist.get_rank() if _is_distributed() else 0
-
-
-def process_offset(local_batch: int) -> int:
-    """Row at which this rank's ``local_batch`` rows start in a tensor gathered by the functions above.
-
-    Equals ``rank * local_batch``; 0 in a single process. Equal local sizes across ranks are required:
-    the sizes are gathered first (a collective, every rank must call it) and a ``ValueError`` is raised
-    if they differ.
-    """
-    if not _is_distributed():
-        return 0
-    device = torch.device("cpu")
-    if dist.get_backend() == "nccl":
-        device = torch.device("cuda", torch.cuda.current_device())
-    _check_equal_sizes(local_batch, device)
-    return dist.get_rank() * local_batch
 
 
 # ----------------------------------------------------------------------------------------------------

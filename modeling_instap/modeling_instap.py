@@ -10,6 +10,8 @@ Tensor layout: videos are `(batch, frames, channels, height, width)`; video toke
 token masks are boolean with `True` = hidden (as `bool_masked_pos` in VideoMAE).
 """
 
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -18,19 +20,28 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import BaseModelOutput, BaseModelOutputWithPooling
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPooling,
+    BaseModelOutputWithPoolingAndCrossAttentions,
+)
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS, PreTrainedModel
 from transformers.models.clip.modeling_clip import CLIPVisionEmbeddings, CLIPVisionModelWithProjection
-from transformers.utils import ModelOutput, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, logging
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_instap import InstAPConfig, InstAPTextConfig, InstAPVisionConfig
 from .losses import (
     all_gather_variable,
     all_gather_with_grad,
-    any_process,
     box_regression_loss,
+    check_equal_batch_sizes,
     contrastive_loss,
+    gather_counts,
     gather_without_grad,
     mask_tokens_for_mlm,
     matching_loss,
@@ -47,6 +58,11 @@ from .masking import (
 )
 
 logger = logging.get_logger(__name__)
+
+# The zero-shot pipeline shipped beside the model code (`pipeline_instap.py`; not imported here: the model needs it
+# only as a file to copy) and its task name.
+PIPELINE_MODULE = "pipeline_instap"
+PIPELINE_TASK = "zero-shot-video-classification"
 
 # Remote-code entry points written into every saved `config.json` (files copied by `save_pretrained`).
 INSTAP_AUTO_MAP = {
@@ -214,29 +230,12 @@ def eager_attention_forward(
     return attn_output, attn_weights
 
 
-def _attention(
-    module: nn.Module,
-    query: torch.Tensor,
-    key: torch.Tensor,
-    value: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    dropout: float,
-    output_attentions: bool,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Dispatch to the configured attention kernel (SDPA by default); eager when the weights are asked for."""
-    implementation = module.config._attn_implementation
-    if output_attentions or implementation in (None, "eager"):
-        interface: Callable = eager_attention_forward
-    else:
-        interface = ALL_ATTENTION_FUNCTIONS.get_interface(implementation, eager_attention_forward)
-    return interface(module, query, key, value, attention_mask, scaling=module.scaling, dropout=dropout)
+def _attention_interface(module: nn.Module) -> Callable:
+    """The kernel `config._attn_implementation` names (eager, sdpa, flex_attention, flash_attention_2, ...).
 
-
-def _additive_mask(mask: torch.Tensor | None, dtype: torch.dtype) -> torch.Tensor | None:
-    """(batch, keys) 1/0 padding mask -> (batch, 1, 1, keys) additive mask for every attention kernel."""
-    if mask is None:
-        return None
-    return (1.0 - mask[:, None, None, :].to(dtype)) * torch.finfo(dtype).min
+    As in CLIP, only eager returns the attention weights; request them with `attn_implementation="eager"`.
+    """
+    return ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, eager_attention_forward)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -295,15 +294,23 @@ class InstAPVisionAttention(nn.Module):
         self.out_proj = nn.Linear(self.embed_dim, self.embed_dim)
 
     def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
+        self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, length, _ = hidden_states.shape
         shape = (batch_size, length, self.num_heads, self.head_dim)
         query = self.q_proj(hidden_states).view(shape).transpose(1, 2)
         key = self.k_proj(hidden_states).view(shape).transpose(1, 2)
         value = self.v_proj(hidden_states).view(shape).transpose(1, 2)
-        dropout = self.dropout if self.training else 0.0
-        attn_output, attn_weights = _attention(self, query, key, value, None, dropout, output_attentions)
+        attn_output, attn_weights = _attention_interface(self)(
+            self,
+            query,
+            key,
+            value,
+            None,
+            scaling=self.scaling,
+            dropout=self.dropout if self.training else 0.0,
+            **kwargs,
+        )
         attn_output = attn_output.reshape(batch_size, length, self.embed_dim)
         return self.out_proj(attn_output), attn_weights
 
@@ -330,14 +337,11 @@ class InstAPVisionLayer(GradientCheckpointingLayer):
         self.layer_norm2 = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = InstAPVisionMLP(config)
 
-    def forward(
-        self, hidden_states: torch.Tensor, output_attentions: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        attn_output, attn_weights = self.self_attn(self.layer_norm1(hidden_states), output_attentions)
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> torch.Tensor:
+        attn_output, _ = self.self_attn(self.layer_norm1(hidden_states), **kwargs)
         hidden_states = hidden_states + drop_path(attn_output, self.drop_path_rate, self.training)
         mlp_output = self.mlp(self.layer_norm2(hidden_states))
-        hidden_states = hidden_states + drop_path(mlp_output, self.drop_path_rate, self.training)
-        return hidden_states, attn_weights
+        return hidden_states + drop_path(mlp_output, self.drop_path_rate, self.training)
 
 
 class InstAPVisionEncoder(nn.Module):
@@ -347,20 +351,10 @@ class InstAPVisionEncoder(nn.Module):
         rates = torch.linspace(0, config.drop_path_rate, config.num_hidden_layers, device="cpu").tolist()
         self.layers = nn.ModuleList([InstAPVisionLayer(config, rate) for rate in rates])
 
-    def forward(
-        self, hidden_states: torch.Tensor, output_hidden_states: bool = False, output_attentions: bool = False
-    ) -> BaseModelOutput:
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_attentions = () if output_attentions else None
+    def forward(self, hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> BaseModelOutput:
         for layer in self.layers:
-            hidden_states, attn_weights = layer(hidden_states, output_attentions=output_attentions)
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions:
-                all_attentions += (attn_weights,)
-        return BaseModelOutput(
-            last_hidden_state=hidden_states, hidden_states=all_hidden_states, attentions=all_attentions
-        )
+            hidden_states = layer(hidden_states, **kwargs)
+        return BaseModelOutput(last_hidden_state=hidden_states)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -371,7 +365,9 @@ class InstAPVisionEncoder(nn.Module):
 class InstAPTextEmbeddings(nn.Module):
     def __init__(self, config: InstAPTextConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        pad = config.pad_token_id
+        padding_idx = pad if pad is not None and 0 <= pad < config.vocab_size else None
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=padding_idx)
         self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -415,7 +411,7 @@ class InstAPTextSelfAttention(nn.Module):
         hidden_states: torch.Tensor,
         key_value_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         key_value_states = hidden_states if key_value_states is None else key_value_states
         batch_size, length, _ = hidden_states.shape
@@ -423,8 +419,16 @@ class InstAPTextSelfAttention(nn.Module):
         kv_shape = (batch_size, key_value_states.shape[1], self.num_heads, self.head_dim)
         key = self.key(key_value_states).view(kv_shape).transpose(1, 2)
         value = self.value(key_value_states).view(kv_shape).transpose(1, 2)
-        dropout = self.dropout_prob if self.training else 0.0
-        attn_output, attn_weights = _attention(self, query, key, value, attention_mask, dropout, output_attentions)
+        attn_output, attn_weights = _attention_interface(self)(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            scaling=self.scaling,
+            dropout=self.dropout_prob if self.training else 0.0,
+            **kwargs,
+        )
         return attn_output.reshape(batch_size, length, -1), attn_weights
 
 
@@ -445,8 +449,8 @@ class InstAPTextAttention(nn.Module):
         self.self = InstAPTextSelfAttention(config, kv_hidden_size)
         self.output = InstAPTextSelfOutput(config)
 
-    def forward(self, hidden_states, key_value_states=None, attention_mask=None, output_attentions=False):
-        attn_output, attn_weights = self.self(hidden_states, key_value_states, attention_mask, output_attentions)
+    def forward(self, hidden_states, key_value_states=None, attention_mask=None, **kwargs: Unpack[TransformersKwargs]):
+        attn_output, attn_weights = self.self(hidden_states, key_value_states, attention_mask, **kwargs)
         return self.output(attn_output, hidden_states), attn_weights
 
 
@@ -490,18 +494,16 @@ class InstAPTextLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-    ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        hidden_states, _ = self.attention(hidden_states, attention_mask=attention_mask)
-        cross_weights = None
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> torch.Tensor:
+        hidden_states, _ = self.attention(hidden_states, attention_mask=attention_mask, **kwargs)
         if self.crossattention is not None:
             if encoder_hidden_states is None:
                 raise ValueError("A fusion layer needs `encoder_hidden_states` (the video tokens).")
-            hidden_states, cross_weights = self.crossattention(
-                hidden_states, encoder_hidden_states, encoder_attention_mask, output_attentions
+            hidden_states, _ = self.crossattention(
+                hidden_states, encoder_hidden_states, encoder_attention_mask, **kwargs
             )
-        hidden_states = self.output(self.intermediate(hidden_states), hidden_states)
-        return hidden_states, cross_weights
+        return self.output(self.intermediate(hidden_states), hidden_states)
 
 
 class InstAPMLMHead(nn.Module):
@@ -544,7 +546,7 @@ class InstAPAttentionPool(nn.Module):
         self.mlp = InstAPVisionMLP(vision)
 
     def forward(
-        self, crop_hidden_states: torch.Tensor, scene_hidden_states: torch.Tensor, output_attentions: bool = False
+        self, crop_hidden_states: torch.Tensor, scene_hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         batch_size, length, dim = crop_hidden_states.shape
         query = self.q_proj(self.layer_norm_query(crop_hidden_states))
@@ -553,7 +555,9 @@ class InstAPAttentionPool(nn.Module):
         kv_shape = (batch_size, context.shape[1], self.num_heads, self.head_dim)
         key = self.k_proj(context).view(kv_shape).transpose(1, 2)
         value = self.v_proj(context).view(kv_shape).transpose(1, 2)
-        attn_output, attn_weights = _attention(self, query, key, value, None, 0.0, output_attentions)
+        attn_output, attn_weights = _attention_interface(self)(
+            self, query, key, value, None, scaling=self.scaling, dropout=0.0, **kwargs
+        )
         hidden_states = crop_hidden_states + self.out_proj(attn_output.reshape(batch_size, length, dim))
         hidden_states = hidden_states + self.mlp(self.layer_norm_mlp(hidden_states))
         return hidden_states, attn_weights
@@ -664,6 +668,45 @@ class InstAPTeacherDistillation(nn.Module):
         last_k = student_hidden_states[-self.config.teacher_num_layers :]
         return torch.stack([head(final_norm(h) + visible_positions) for head, h in zip(self.heads, last_k)])
 
+    def mask_and_targets(
+        self, pixel_values: torch.Tensor, ratio: float, with_targets: bool = True
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """The student's token mask (`None` at ratio 0; teacher-guided unless `mask_strategy="random"`) and, with
+        `with_targets`, the teacher targets at every position. The teacher runs only when one of them needs it."""
+        strategy = self.config.mask_strategy
+        teacher_masks = ratio > 0.0 and strategy != "random"
+        targets = attention = None
+        if with_targets or teacher_masks:
+            targets, attention = self.teacher_forward(pixel_values)
+        if teacher_masks:
+            mask = self.token_mask(attention, pixel_values.shape[1], ratio, strategy)
+        else:
+            mask = _random_video_mask(pixel_values, ratio, self.config.vision_config.patch_size)
+        return mask, targets
+
+    def reconstruction(
+        self, vision_model: nn.Module, vision_outputs: BaseModelOutputWithPooling, mask, targets
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Student head outputs and teacher targets at the encoded tokens (the visible ones under a mask), each
+        `(K, batch, tokens, teacher_dim)`: the two sides of Eq. 1."""
+        batch_size, num_tokens = targets.shape[1:3]
+        table = vision_model.embeddings.position_embeddings(num_tokens, targets.device, vision_outputs.last_hidden_state.dtype)
+        positions = table.expand(batch_size, -1, -1)
+        if mask is not None:
+            positions = gather_visible(positions, mask)
+            targets = torch.stack([gather_visible(layer, mask) for layer in targets])
+        student = self.student_features(vision_outputs.hidden_states, vision_model.post_layernorm, positions)
+        return student, targets
+
+
+def _random_video_mask(pixel_values: torch.Tensor, ratio: float, patch_size: int) -> torch.Tensor | None:
+    """A random token mask hiding `ratio` of each frame's tokens of `(batch, frames, 3, H, W)` clips; `None` at 0."""
+    if ratio == 0.0:
+        return None
+    batch_size, num_frames = pixel_values.shape[:2]
+    tokens_per_frame = (pixel_values.shape[-2] // patch_size) * (pixel_values.shape[-1] // patch_size)
+    return random_token_mask(batch_size, num_frames, tokens_per_frame, ratio, device=pixel_values.device)
+
 
 # --------------------------------------------------------------------------------------------------------------------
 # Pre-trained model base
@@ -678,19 +721,44 @@ class InstAPPreTrainedModel(PreTrainedModel):
     input_modalities = ("video", "text")
     supports_gradient_checkpointing = True
     _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _supports_attention_backend = True
     _no_split_modules = ["InstAPVisionLayer", "InstAPTextLayer", "InstAPAttentionPool", "CLIPEncoderLayer"]
-    # Forwards take **kwargs only to accept and ignore Trainer extras; the losses are already per-batch means, so
-    # Trainer must keep scaling them for gradient accumulation itself.
+    # What `output_hidden_states` / `output_attentions` collect (transformers' output-capturing hooks). The text
+    # tower records its self-attention as `attentions` and the fusion layers' cross-attention as `cross_attentions`.
+    _can_record_outputs = {
+        "hidden_states": [InstAPVisionLayer, InstAPTextLayer],
+        "attentions": [
+            OutputRecorder(InstAPVisionAttention, index=1),
+            OutputRecorder(InstAPTextSelfAttention, index=1, layer_name="attention"),
+        ],
+        "cross_attentions": OutputRecorder(InstAPTextSelfAttention, index=1, layer_name="crossattention"),
+    }
+    # The losses are already per-batch means: Trainer must keep scaling them for gradient accumulation itself.
     accepts_loss_kwargs = False
 
     def save_pretrained(self, save_directory, *args, **kwargs):
-        """`PreTrainedModel.save_pretrained`, with an `auto_map` naming every Auto class of InstAP.
+        """`PreTrainedModel.save_pretrained`, writing a folder that loads complete as remote code.
 
         transformers only records the saved class; a stage-2 checkpoint must also load as `AutoModel` (the
-        backbone), the way a Hub user loads `org/instap-l` with `trust_remote_code=True`.
+        backbone), the way a Hub user loads `org/instap-l` with `trust_remote_code=True`: the `auto_map` names every
+        Auto class of InstAP, and the zero-shot video classification pipeline is copied and named under
+        `custom_pipelines`, so `pipeline(..., model=folder, trust_remote_code=True)` works without the project.
         """
         if isinstance(self.config, InstAPConfig):
             self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **INSTAP_AUTO_MAP}
+            pipeline_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{PIPELINE_MODULE}.py")
+            if os.path.isfile(pipeline_file):
+                os.makedirs(save_directory, exist_ok=True)
+                shutil.copyfile(pipeline_file, os.path.join(save_directory, f"{PIPELINE_MODULE}.py"))
+                self.config.custom_pipelines = {
+                    PIPELINE_TASK: {
+                        "impl": f"{PIPELINE_MODULE}.InstAPZeroShotVideoClassificationPipeline",
+                        "pt": ["AutoModel"],
+                        "type": "multimodal",
+                    }
+                }
         return super().save_pretrained(save_directory, *args, **kwargs)
 
     # Modules of a composite model that live on the text side (they read text features): they take the text
@@ -758,33 +826,31 @@ class InstAPVisionModel(InstAPPreTrainedModel):
     def get_input_embeddings(self) -> nn.Module:
         return self.embeddings.patch_embedding
 
+    @capture_outputs(tie_last_hidden_states=False)
     def forward(
         self,
         pixel_values: torch.Tensor,
         bool_masked_pos: torch.Tensor | None = None,
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
         pool_frames: bool = False,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
         Args:
             pixel_values: `(batch, frames, channels, height, width)`; an image is a 1-frame video.
             bool_masked_pos: `(batch, tokens)` boolean, `True` = hidden. Every row must hide the same number.
-            output_hidden_states: return the embeddings and every block output (visible tokens, before the final
-                norm); the last K are the student side of the distillation.
             pool_frames: pool each frame separately (`pooler_output` of shape `(batch, frames, width)`); only
                 without a mask.
 
         Returns:
             `BaseModelOutputWithPooling` with `last_hidden_state` `(batch, visible_tokens, width)` after the final
-            norm and `pooler_output` `(batch, width)`.
+            norm and `pooler_output` `(batch, width)`. With `output_hidden_states`, the embeddings and every block
+            output (visible tokens, before the final norm; the last K are the student side of the distillation);
+            with `output_attentions` (eager attention), each block's `(batch, heads, tokens, tokens)` weights.
         """
         if pixel_values.ndim == 4:  # a batch of images
             pixel_values = pixel_values.unsqueeze(1)
         if pixel_values.ndim != 5:
             raise ValueError(f"pixel_values must be (batch, frames, channels, height, width), got {tuple(pixel_values.shape)}.")
-        output_hidden_states = bool(output_hidden_states)
         embeddings = self.embeddings(pixel_values)
         if bool_masked_pos is not None:
             if bool_masked_pos.shape != embeddings.shape[:2]:
@@ -792,9 +858,7 @@ class InstAPVisionModel(InstAPPreTrainedModel):
                     f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)}, expected {tuple(embeddings.shape[:2])}."
                 )
             embeddings = gather_visible(embeddings, bool_masked_pos)
-        encoder_outputs = self.encoder(
-            embeddings, output_hidden_states=output_hidden_states, output_attentions=bool(output_attentions)
-        )
+        encoder_outputs = self.encoder(embeddings, **kwargs)
         last_hidden_state = self.post_layernorm(encoder_outputs.last_hidden_state)
         if pool_frames:
             if bool_masked_pos is not None:
@@ -804,19 +868,16 @@ class InstAPVisionModel(InstAPPreTrainedModel):
             pooled = self.pool_layernorm(per_frame.mean(dim=2))
         else:
             pooled = self.pool_layernorm(last_hidden_state.mean(dim=1))
-        return BaseModelOutputWithPooling(
-            last_hidden_state=last_hidden_state,
-            pooler_output=pooled,
-            hidden_states=encoder_outputs.hidden_states,
-            attentions=encoder_outputs.attentions,
-        )
+        return BaseModelOutputWithPooling(last_hidden_state=last_hidden_state, pooler_output=pooled)
 
 
 class InstAPTextModel(InstAPPreTrainedModel):
     """BERT text encoder (layers below `fusion_layer`) and fusion encoder (the layers from it on).
 
-    `mode="text"` runs the text layers on token ids; `mode="fusion"` runs the fusion layers on text hidden states
-    with cross-attention to video tokens; `mode="multimodal"` runs both.
+    Unlike `BertModel`, the default forward (`mode="text"`) runs only the layers below `fusion_layer` (the text
+    tower of the dual encoder, as in UMT), so `hidden_states` has `fusion_layer + 1` entries; `mode="fusion"` runs
+    the fusion layers on text hidden states with cross-attention to video tokens. There is no BERT pooler layer:
+    `pooler_output` is the [CLS] state.
     """
 
     config: InstAPTextConfig
@@ -840,6 +901,7 @@ class InstAPTextModel(InstAPPreTrainedModel):
     def set_input_embeddings(self, value: nn.Module):
         self.embeddings.word_embeddings = value
 
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.Tensor | None = None,
@@ -849,58 +911,49 @@ class InstAPTextModel(InstAPPreTrainedModel):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         mode: str = "text",
-        output_hidden_states: bool | None = None,
-        output_attentions: bool | None = None,
-        **kwargs,
-    ) -> BaseModelOutputWithPooling:
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
         r"""
         Args:
-            input_ids, attention_mask, token_type_ids: the caption (modes `"text"` and `"multimodal"`).
+            input_ids, attention_mask, token_type_ids: the caption (mode `"text"`); `attention_mask` is also the
+                text padding mask in mode `"fusion"`.
             text_hidden_states: `(batch, length, hidden)` output of the text mode (mode `"fusion"`).
             encoder_hidden_states: `(batch, video_tokens, video_width)` the video tokens the fusion layers attend to.
             encoder_attention_mask: optional `(batch, video_tokens)` 1/0 mask over the video tokens.
 
         Returns:
-            `BaseModelOutputWithPooling`: `last_hidden_state` and, as `pooler_output`, the [CLS] state (no BERT
-            pooler layer, as in UMT); `attentions` holds the fusion layers' cross-attention maps.
+            `BaseModelOutputWithPoolingAndCrossAttentions`: `last_hidden_state` and, as `pooler_output`, the [CLS]
+            state. With `output_attentions` (eager attention): `attentions` holds the self-attention of the layers
+            run and, in mode `"fusion"`, `cross_attentions` the maps over the video tokens.
         """
         fusion_layer = self.config.fusion_layer
         if mode == "text":
+            if input_ids is None:
+                raise ValueError("mode='text' needs `input_ids`.")
             layers = self.encoder.layer[:fusion_layer]
+            hidden_states = self.embeddings(input_ids, token_type_ids)
         elif mode == "fusion":
-            layers = self.encoder.layer[fusion_layer:]
-        elif mode == "multimodal":
-            layers = self.encoder.layer
-        else:
-            raise ValueError(f"mode must be 'text', 'fusion' or 'multimodal', got {mode!r}.")
-        if mode == "fusion":
             if text_hidden_states is None:
                 raise ValueError("mode='fusion' needs `text_hidden_states` from mode='text'.")
+            layers = self.encoder.layer[fusion_layer:]
             hidden_states = text_hidden_states
         else:
-            if input_ids is None:
-                raise ValueError(f"mode={mode!r} needs `input_ids`.")
-            hidden_states = self.embeddings(input_ids, token_type_ids)
-        dtype = hidden_states.dtype
-        self_mask = _additive_mask(attention_mask, dtype)
-        cross_mask = _additive_mask(encoder_attention_mask, dtype)
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
-        all_cross_attentions = () if output_attentions else None
+            raise ValueError(f"mode must be 'text' or 'fusion', got {mode!r}.")
+        self_mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
+        cross_mask = None
+        if encoder_hidden_states is not None and encoder_attention_mask is not None:
+            cross_mask = create_bidirectional_mask(
+                config=self.config,
+                inputs_embeds=hidden_states,
+                attention_mask=encoder_attention_mask,
+                encoder_hidden_states=encoder_hidden_states,
+            )
         for layer in layers:
             # Tensors positional: reentrant checkpointing (`use_reentrant=True`) only tracks positional inputs, and
             # the video tokens need their gradient (and must not be backpropagated inside the recompute).
-            hidden_states, cross_weights = layer(
-                hidden_states, self_mask, encoder_hidden_states, cross_mask, output_attentions=bool(output_attentions)
-            )
-            if output_hidden_states:
-                all_hidden_states += (hidden_states,)
-            if output_attentions and cross_weights is not None:
-                all_cross_attentions += (cross_weights,)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=hidden_states,
-            pooler_output=hidden_states[:, 0],
-            hidden_states=all_hidden_states,
-            attentions=all_cross_attentions,
+            hidden_states = layer(hidden_states, self_mask, encoder_hidden_states, cross_mask, **kwargs)
+        return BaseModelOutputWithPoolingAndCrossAttentions(
+            last_hidden_state=hidden_states, pooler_output=hidden_states[:, 0]
         )
 
 
@@ -951,33 +1004,44 @@ class InstAPModel(InstAPPreTrainedModel):
             return temperature, temperature
         return temperature, self.instance_temperature.clamp(low, high)
 
+    @can_return_tuple
     def get_video_features(
-        self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None, **kwargs
+        self,
+        pixel_values: torch.Tensor,
+        bool_masked_pos: torch.Tensor | None = None,
+        pool_frames: bool | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         """Encode videos; `pooler_output` is the L2-normalised projected embedding `(batch, projection_dim)`.
 
-        Without a mask and with `config.eval_frame_pooling == "frames"` each frame is pooled and projected on its
-        own and the unit vectors are averaged, so a dot product with a text embedding is the frame-averaged cosine
-        similarity of UMT's evaluation.
+        With `pool_frames` (default: `config.eval_frame_pooling == "frames"` when no mask is given) each frame is
+        pooled and projected on its own and the unit vectors are averaged, so a dot product with a text embedding
+        is the frame-averaged cosine similarity of UMT's evaluation. Unlike CLIP's getters, which return the
+        unnormalised projection, both getters return these normalised embeddings: the frame average is only
+        defined on unit vectors, and every InstAP score is a dot product of them.
         """
-        per_frame = bool_masked_pos is None and self.config.eval_frame_pooling == "frames" and not self.training
-        vision_outputs = self.vision_model(pixel_values, bool_masked_pos=bool_masked_pos, pool_frames=per_frame)
-        embeds = F.normalize(self.visual_projection(vision_outputs.pooler_output), dim=-1)
-        if per_frame:
-            embeds = embeds.mean(dim=1)
-        return BaseModelOutputWithPooling(
-            last_hidden_state=vision_outputs.last_hidden_state,
-            pooler_output=embeds,
-            hidden_states=vision_outputs.hidden_states,
+        if pool_frames is None:
+            pool_frames = bool_masked_pos is None and self.config.eval_frame_pooling == "frames"
+        vision_outputs = self.vision_model(
+            pixel_values, bool_masked_pos=bool_masked_pos, pool_frames=pool_frames, return_dict=True, **kwargs
         )
+        embeds = F.normalize(self.visual_projection(vision_outputs.pooler_output), dim=-1)
+        vision_outputs.pooler_output = embeds.mean(dim=1) if pool_frames else embeds
+        return vision_outputs
 
+    @can_return_tuple
     def get_text_features(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs
-    ) -> BaseModelOutputWithPooling:
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
         """Encode captions with the text layers; `pooler_output` is the normalised projected [CLS] embedding."""
-        text_outputs = self.text_model(input_ids=input_ids, attention_mask=attention_mask, mode="text")
-        embeds = F.normalize(self.text_projection(text_outputs.pooler_output), dim=-1)
-        return BaseModelOutputWithPooling(last_hidden_state=text_outputs.last_hidden_state, pooler_output=embeds)
+        text_outputs = self.text_model(
+            input_ids=input_ids, attention_mask=attention_mask, mode="text", return_dict=True, **kwargs
+        )
+        text_outputs.pooler_output = F.normalize(self.text_projection(text_outputs.pooler_output), dim=-1)
+        return text_outputs
 
     def fuse(
         self,
@@ -985,16 +1049,18 @@ class InstAPModel(InstAPPreTrainedModel):
         attention_mask: torch.Tensor | None,
         video_hidden_states: torch.Tensor,
         video_attention_mask: torch.Tensor | None = None,
-        output_attentions: bool = False,
-    ) -> BaseModelOutputWithPooling:
-        """Run the fusion layers: text states cross-attend to video tokens."""
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPoolingAndCrossAttentions:
+        """Run the fusion layers: text states cross-attend to video tokens (`output_attentions` with eager
+        attention gives the maps as `cross_attentions`)."""
         return self.text_model(
             text_hidden_states=text_hidden_states,
             attention_mask=attention_mask,
             encoder_hidden_states=video_hidden_states,
             encoder_attention_mask=video_attention_mask,
             mode="fusion",
-            output_attentions=output_attentions,
+            return_dict=True,
+            **kwargs,
         )
 
     def match_score(
@@ -1041,6 +1107,7 @@ class InstAPModel(InstAPPreTrainedModel):
             instance_embeds=instance_embeds,
         )
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor | None = None,
@@ -1048,11 +1115,14 @@ class InstAPModel(InstAPPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         bool_masked_pos: torch.Tensor | None = None,
         return_loss: bool | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> InstAPOutput:
-        """Dual-encoder similarity, CLIP style: `logits_per_video[i, j]` = cos(video i, text j) / τ."""
-        video = self.get_video_features(pixel_values, bool_masked_pos=bool_masked_pos)
-        text = self.get_text_features(input_ids, attention_mask)
+        """Dual-encoder similarity, CLIP style: `logits_per_video[i, j]` = cos(video i, text j) / τ.
+
+        `output_hidden_states` / `output_attentions` reach both towers (`vision_model_output`, `text_model_output`).
+        """
+        video = self.get_video_features(pixel_values, bool_masked_pos=bool_masked_pos, return_dict=True, **kwargs)
+        text = self.get_text_features(input_ids, attention_mask, return_dict=True, **kwargs)
         temperature, _ = self.clamped_temperatures()
         logits_per_video = video.pooler_output @ text.pooler_output.t() / temperature
         loss = None
@@ -1105,35 +1175,12 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
 
     # -- pieces of the step, each returning the unweighted loss term ------------------------------------------------
 
-    def _scene_mask_and_targets(self, pixel_values: torch.Tensor):
-        """Token mask for the scene videos and, with a teacher, the distillation targets at every position."""
-        config = self.config
-        batch_size, num_frames = pixel_values.shape[:2]
-        ratio = _media_mask_ratio(config, num_frames)
-        tokens_per_frame = (pixel_values.shape[-2] // config.vision_config.patch_size) * (
-            pixel_values.shape[-1] // config.vision_config.patch_size
-        )
+    def _scene_mask_and_targets(self, pixel_values: torch.Tensor, mask_tokens: bool, with_targets: bool = True):
+        """Token mask for the scene videos (`None`: every token) and, with a teacher, the distillation targets."""
+        ratio = _media_mask_ratio(self.config, pixel_values.shape[1]) if mask_tokens else 0.0
         if self.distillation is None:
-            if ratio == 0.0 or not self.training:
-                return None, None
-            return random_token_mask(batch_size, num_frames, tokens_per_frame, ratio, device=pixel_values.device), None
-        targets, attention = self.distillation.teacher_forward(pixel_values)
-        if config.mask_strategy == "random" or ratio == 0.0:
-            mask = random_token_mask(batch_size, num_frames, tokens_per_frame, ratio, device=pixel_values.device)
-        else:
-            mask = self.distillation.token_mask(attention, num_frames, ratio, config.mask_strategy)
-        return mask, targets
-
-    def _reconstruction_loss(self, vision_outputs, mask, targets) -> torch.Tensor:
-        vision_model = self.instap.vision_model
-        num_tokens = mask.shape[1]
-        table = vision_model.embeddings.position_embeddings(num_tokens, mask.device, vision_outputs.last_hidden_state.dtype)
-        visible_positions = gather_visible(table.expand(mask.shape[0], -1, -1), mask)
-        student = self.distillation.student_features(
-            vision_outputs.hidden_states, vision_model.post_layernorm, visible_positions
-        )
-        teacher = torch.stack([gather_visible(layer, mask) for layer in targets])
-        return reconstruction_loss(student, teacher)
+            return _random_video_mask(pixel_values, ratio, self.config.vision_config.patch_size), None
+        return self.distillation.mask_and_targets(pixel_values, ratio, with_targets=with_targets)
 
     def _matching_loss(
         self,
@@ -1174,7 +1221,9 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
             special_token_ids=[text_config.cls_token_id, text_config.pad_token_id],
             probability=self.config.mlm_probability,
         )
-        text_states = self.instap.text_model(input_ids=masked_ids, attention_mask=attention_mask, mode="text")
+        text_states = self.instap.text_model(
+            input_ids=masked_ids, attention_mask=attention_mask, mode="text", return_dict=True
+        )
         fused = self.instap.fuse(text_states.last_hidden_state, attention_mask, video_tokens)
         return mlm_loss(self.mlm_head(fused.last_hidden_state), labels)
 
@@ -1195,23 +1244,19 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         keep = order[sorted_order[rank < cap]]
         return torch.sort(keep).values
 
-    def _crop_mask(self, instance_pixel_values: torch.Tensor) -> torch.Tensor | None:
+    def _crop_mask(self, instance_pixel_values: torch.Tensor, mask_tokens: bool) -> torch.Tensor | None:
         config = self.config
-        if not self.training or config.crop_mask_strategy == "none":
+        if not mask_tokens or config.crop_mask_strategy == "none":
             return None
-        count, num_frames = instance_pixel_values.shape[:2]
-        ratio = _media_mask_ratio(config, num_frames)
-        if ratio == 0.0:
-            return None
-        if config.crop_mask_strategy == "teacher" and self.distillation is not None and config.mask_strategy != "random":
-            _, attention = self.distillation.teacher_forward(instance_pixel_values)
-            return self.distillation.token_mask(attention, num_frames, ratio, config.mask_strategy)
-        patch = config.vision_config.patch_size
-        tokens_per_frame = (instance_pixel_values.shape[-2] // patch) * (instance_pixel_values.shape[-1] // patch)
-        return random_token_mask(count, num_frames, tokens_per_frame, ratio, device=instance_pixel_values.device)
+        ratio = _media_mask_ratio(config, instance_pixel_values.shape[1])
+        if config.crop_mask_strategy == "teacher" and self.distillation is not None:
+            mask, _ = self.distillation.mask_and_targets(instance_pixel_values, ratio, with_targets=False)
+            return mask
+        return _random_video_mask(instance_pixel_values, ratio, config.vision_config.patch_size)
 
     # -- the step ------------------------------------------------------------------------------------------------------
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -1223,10 +1268,14 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         instance_attention_mask: torch.Tensor | None = None,
         instance_sample_index: torch.Tensor | None = None,
         instance_source_id: torch.Tensor | None = None,
+        mask_tokens: bool = True,
         return_loss: bool = True,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> InstAPForPreTrainingOutput:
         r"""
+        One stage-2 step. Under torch.distributed this forward is a collective (every rank must call it): it
+        gathers the step's counts once, then the embeddings and ids of the global and instance VTC.
+
         Args:
             pixel_values: `(batch, frames, 3, height, width)` scene clips (images: 1 frame), one media type per batch.
             input_ids, attention_mask: `(batch, length)` global captions.
@@ -1237,6 +1286,9 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
             instance_sample_index: `(instances,)` row of `pixel_values` each instance comes from.
             instance_source_id: `(instances,)` source ids of the instances (same-source masking of Eq. 8).
                 Defaults to `source_ids[instance_sample_index]`.
+            mask_tokens: hide scene and crop tokens with the media type's ratio (teacher-guided with a teacher), in
+                training and evaluation alike; `False` encodes every token.
+            return_loss: compute the loss terms; `False` returns only the embeddings and similarity logits.
         """
         config = self.config
         batch_size = pixel_values.shape[0]
@@ -1246,78 +1298,81 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         if source_ids is None:
             # Row indices, made distinct across processes: gathered rows of different ranks must not collide.
             source_ids = torch.arange(batch_size, device=device) + process_rank() * (1 << 32)
-        temperature, instance_temperature = self.instap.clamped_temperatures()
-        terms: dict[str, torch.Tensor] = {}
-
-        # Scene videos: teacher mask and targets, then the student on the visible tokens (one pass for all losses).
-        mask, targets = self._scene_mask_and_targets(pixel_values)
-        vision_outputs = self.instap.vision_model(
-            pixel_values, bool_masked_pos=mask, output_hidden_states=targets is not None
-        )
-        video_tokens = vision_outputs.last_hidden_state
-        if targets is not None and config.lambda_rec > 0:
-            terms["rec"] = self._reconstruction_loss(vision_outputs, mask, targets)
-
-        logits_per_video = video_embeds = text_embeds = None
-        if input_ids is not None:
-            video_embeds = F.normalize(self.instap.visual_projection(vision_outputs.pooler_output), dim=-1)
-            text_outputs = self.instap.text_model(input_ids=input_ids, attention_mask=attention_mask, mode="text")
-            text_states = text_outputs.last_hidden_state
-            text_embeds = F.normalize(self.instap.text_projection(text_outputs.pooler_output), dim=-1)
-            logits_per_video = video_embeds @ text_embeds.t() / temperature
-            terms["vtc"] = contrastive_loss(
-                all_gather_with_grad(video_embeds),
-                all_gather_with_grad(text_embeds),
-                temperature,
-                source_ids=gather_without_grad(source_ids),
-                same_source=config.global_same_source,
-            )
-            same_source = source_ids[:, None] == source_ids[None, :]
-            terms["vtm"] = self._matching_loss(
-                video_tokens, text_states, attention_mask, logits_per_video.detach(), same_source
-            )
-            if config.lambda_mlm > 0:
-                terms["mlm"] = self._masked_language_loss(input_ids, attention_mask, video_tokens)
-
         has_instances = (
             instance_pixel_values is not None and instance_input_ids is not None and instance_pixel_values.shape[0] > 0
         )
-        # λ_inst = 0 is the global-only ablation (METHOD Table 4): the instance branch is not run at all. Otherwise
-        # every rank enters it when any rank has instances: its gathers are collectives.
-        run_instances = config.lambda_inst > 0 and any_process(has_instances, device)
-        if run_instances and not has_instances:
-            terms["inst_vtc"] = self._instance_contrastive_without_local_rows(instance_temperature, device)
-        elif run_instances:
-            if instance_sample_index is None:
-                raise ValueError("instance_pixel_values needs instance_sample_index (the scene of each instance).")
+        if has_instances and instance_sample_index is None:
+            raise ValueError("instance_pixel_values needs instance_sample_index (the scene of each instance).")
+        if has_instances:
             if instance_attention_mask is None:
                 instance_attention_mask = torch.ones_like(instance_input_ids)
             if instance_source_id is None:
                 instance_source_id = source_ids[instance_sample_index]
-            keep = self._limit_instances(instance_sample_index) if self.training else None
+            keep = self._limit_instances(instance_sample_index)
             if keep is not None:
                 instance_pixel_values = instance_pixel_values[keep]
                 instance_input_ids = instance_input_ids[keep]
                 instance_attention_mask = instance_attention_mask[keep]
                 instance_sample_index = instance_sample_index[keep]
                 instance_source_id = instance_source_id[keep]
-            terms.update(
-                self._instance_losses(
-                    video_tokens,
-                    instance_pixel_values,
-                    instance_input_ids,
-                    instance_attention_mask,
-                    instance_sample_index,
-                    instance_source_id,
-                    instance_temperature,
-                )
-            )
+        temperature, instance_temperature = self.instap.clamped_temperatures()
+        terms: dict[str, torch.Tensor] = {}
 
-        loss = None
-        if return_loss and terms:
-            loss = self._total_loss(terms)
+        # Scene videos: teacher mask and targets, then the student on the visible tokens (one pass for all losses).
+        mask, targets = self._scene_mask_and_targets(pixel_values, mask_tokens, with_targets=return_loss)
+        vision_outputs = self.instap.vision_model(
+            pixel_values, bool_masked_pos=mask, output_hidden_states=targets is not None, return_dict=True
+        )
+        video_tokens = vision_outputs.last_hidden_state
+        video_embeds = F.normalize(self.instap.visual_projection(vision_outputs.pooler_output), dim=-1)
+        logits_per_video = text_embeds = text_outputs = None
+        if input_ids is not None:
+            text_outputs = self.instap.text_model(
+                input_ids=input_ids, attention_mask=attention_mask, mode="text", return_dict=True
+            )
+            text_embeds = F.normalize(self.instap.text_projection(text_outputs.pooler_output), dim=-1)
+            logits_per_video = video_embeds @ text_embeds.t() / temperature
+
+        if return_loss:
+            # The step's only extra collective: every rank's batch size (checked) and instance count.
+            counts = gather_counts([batch_size, instance_pixel_values.shape[0] if has_instances else 0], device)
+            check_equal_batch_sizes(counts[:, 0].tolist())
+            if targets is not None and config.lambda_rec > 0:
+                terms["rec"] = reconstruction_loss(
+                    *self.distillation.reconstruction(self.instap.vision_model, vision_outputs, mask, targets)
+                )
+            if input_ids is not None:
+                terms.update(
+                    self._global_losses(
+                        video_tokens, video_embeds, input_ids, attention_mask, text_outputs, text_embeds,
+                        logits_per_video, source_ids, temperature,
+                    )
+                )
+            # λ_inst = 0 is the global-only ablation (METHOD Table 4): the instance branch is not run at all.
+            # Otherwise every rank enters it when any rank has instances: its gathers are collectives.
+            instance_counts = counts[:, 1].tolist()
+            if config.lambda_inst > 0 and any(instance_counts):
+                if has_instances:
+                    terms.update(
+                        self._instance_losses(
+                            video_tokens,
+                            instance_pixel_values,
+                            instance_input_ids,
+                            instance_attention_mask,
+                            instance_sample_index,
+                            instance_source_id,
+                            instance_temperature,
+                            instance_counts,
+                            mask_tokens,
+                        )
+                    )
+                else:
+                    terms["inst_vtc"] = self._instance_contrastive_without_local_rows(
+                        instance_temperature, instance_counts, device
+                    )
+
         return InstAPForPreTrainingOutput(
-            loss=loss,
+            loss=self._total_loss(terms) if terms else None,
             loss_rec=terms.get("rec"),
             loss_vtc=terms.get("vtc"),
             loss_vtm=terms.get("vtm"),
@@ -1334,6 +1389,28 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
             bool_masked_pos=mask,
         )
 
+    def _global_losses(
+        self, video_tokens, video_embeds, input_ids, attention_mask, text_outputs, text_embeds, logits_per_video,
+        source_ids, temperature,
+    ) -> dict[str, torch.Tensor]:
+        config = self.config
+        terms = {
+            "vtc": contrastive_loss(
+                all_gather_with_grad(video_embeds),
+                all_gather_with_grad(text_embeds),
+                temperature,
+                source_ids=gather_without_grad(source_ids),
+                same_source=config.global_same_source,
+            )
+        }
+        same_source = source_ids[:, None] == source_ids[None, :]
+        terms["vtm"] = self._matching_loss(
+            video_tokens, text_outputs.last_hidden_state, attention_mask, logits_per_video.detach(), same_source
+        )
+        if config.lambda_mlm > 0:
+            terms["mlm"] = self._masked_language_loss(input_ids, attention_mask, video_tokens)
+        return terms
+
     def _instance_losses(
         self,
         video_tokens: torch.Tensor,
@@ -1343,25 +1420,27 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         instance_sample_index: torch.Tensor,
         instance_source_id: torch.Tensor,
         instance_temperature: torch.Tensor,
+        instance_counts: list[int],
+        mask_tokens: bool,
     ) -> dict[str, torch.Tensor]:
         config = self.config
         instances = self.instap.encode_instances(
             instance_pixel_values,
             video_tokens,
             instance_sample_index,
-            bool_masked_pos=self._crop_mask(instance_pixel_values),
+            bool_masked_pos=self._crop_mask(instance_pixel_values, mask_tokens),
         )
         text_outputs = self.instap.text_model(
-            input_ids=instance_input_ids, attention_mask=instance_attention_mask, mode="text"
+            input_ids=instance_input_ids, attention_mask=instance_attention_mask, mode="text", return_dict=True
         )
         caption_embeds = F.normalize(self.instap.text_projection(text_outputs.pooler_output), dim=-1)
         terms = {
             # Instance counts differ between ranks: gather with padding.
             "inst_vtc": contrastive_loss(
-                all_gather_variable(instances.instance_embeds),
-                all_gather_variable(caption_embeds),
+                all_gather_variable(instances.instance_embeds, instance_counts),
+                all_gather_variable(caption_embeds, instance_counts),
                 instance_temperature,
-                source_ids=all_gather_variable(instance_source_id, with_grad=False),
+                source_ids=all_gather_variable(instance_source_id, instance_counts, with_grad=False),
                 same_source=config.instance_same_source,
             )
         }
@@ -1382,7 +1461,9 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
             )
         return terms
 
-    def _instance_contrastive_without_local_rows(self, instance_temperature: torch.Tensor, device) -> torch.Tensor:
+    def _instance_contrastive_without_local_rows(
+        self, instance_temperature: torch.Tensor, instance_counts: list[int], device
+    ) -> torch.Tensor:
         """This rank has no instance but others do: join their gathers with zero rows.
 
         The loss over the gathered instances is the same on every rank; the empty leaves make this rank take part
@@ -1395,10 +1476,10 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         empty_captions = torch.zeros(0, dim, device=device, dtype=dtype, requires_grad=True)
         empty_ids = torch.zeros(0, dtype=torch.long, device=device)
         return contrastive_loss(
-            all_gather_variable(empty_crops),
-            all_gather_variable(empty_captions),
+            all_gather_variable(empty_crops, instance_counts),
+            all_gather_variable(empty_captions, instance_counts),
             instance_temperature,
-            source_ids=all_gather_variable(empty_ids, with_grad=False),
+            source_ids=all_gather_variable(empty_ids, instance_counts, with_grad=False),
             same_source=self.config.instance_same_source,
         )
 
@@ -1427,25 +1508,18 @@ class InstAPForMaskedVideoModeling(InstAPPreTrainedModel):
         self.distillation = InstAPTeacherDistillation(config)
         self.post_init()
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs) -> InstAPForMaskedVideoModelingOutput:
-        """`pixel_values`: `(batch, frames, 3, height, width)`; images (1 frame) use `image_mask_ratio`."""
+    @can_return_tuple
+    def forward(
+        self, pixel_values: torch.Tensor, mask_tokens: bool = True, **kwargs: Unpack[TransformersKwargs]
+    ) -> InstAPForMaskedVideoModelingOutput:
+        """`pixel_values`: `(batch, frames, 3, height, width)`; images (1 frame) use `image_mask_ratio`.
+        `mask_tokens=False` aligns every token (no mask)."""
         if pixel_values.ndim == 4:
             pixel_values = pixel_values.unsqueeze(1)
-        config = self.config
-        num_frames = pixel_values.shape[1]
-        ratio = _media_mask_ratio(config, num_frames)
-        targets, attention = self.distillation.teacher_forward(pixel_values)
-        if config.mask_strategy == "random":
-            patch = config.vision_config.patch_size
-            tokens_per_frame = (pixel_values.shape[-2] // patch) * (pixel_values.shape[-1] // patch)
-            mask = random_token_mask(pixel_values.shape[0], num_frames, tokens_per_frame, ratio, device=pixel_values.device)
-        else:
-            mask = self.distillation.token_mask(attention, num_frames, ratio, config.mask_strategy)
-        outputs = self.vision_model(pixel_values, bool_masked_pos=mask, output_hidden_states=True)
-        table = self.vision_model.embeddings.position_embeddings(mask.shape[1], mask.device, outputs.last_hidden_state.dtype)
-        visible_positions = gather_visible(table.expand(mask.shape[0], -1, -1), mask)
-        student = self.distillation.student_features(outputs.hidden_states, self.vision_model.post_layernorm, visible_positions)
-        teacher = torch.stack([gather_visible(layer, mask) for layer in targets])
+        ratio = _media_mask_ratio(self.config, pixel_values.shape[1]) if mask_tokens else 0.0
+        mask, targets = self.distillation.mask_and_targets(pixel_values, ratio)
+        outputs = self.vision_model(pixel_values, bool_masked_pos=mask, output_hidden_states=True, return_dict=True)
+        student, teacher = self.distillation.reconstruction(self.vision_model, outputs, mask, targets)
         return InstAPForMaskedVideoModelingOutput(
             loss=reconstruction_loss(student, teacher),
             student_features=student,

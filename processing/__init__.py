@@ -13,6 +13,8 @@ Main entry points:
 - `instap_processing.synthetic`: a synthetic InstVL with real encoded media (`python -m instap_processing.synthetic`).
 """
 
+from modeling_instap.configuration_instap import InstAPConfig
+
 from .captions import caption_offset, select_caption_sentence, split_sentences, swap_left_right
 from .collator import InstAPDataCollator
 from .crops import boxes_at_frames, clip_boxes, crop_instances, expand_small_boxes
@@ -86,21 +88,12 @@ __all__ = [
 ]
 
 
-def register_auto_classes() -> bool:
-    """Registers the processors with `AutoVideoProcessor`/`AutoProcessor` against `InstAPConfig`.
-
-    Returns `False` (and does nothing) when `modeling_instap.configuration_instap.InstAPConfig` cannot be imported,
-    e.g. while the model package is not there yet; `InstAPVideoProcessor.from_pretrained` works either way.
-    """
-    try:
-        from modeling_instap.configuration_instap import InstAPConfig
-    except ImportError:
-        return False
+def register_auto_classes() -> None:
+    """Registers the processors with `AutoVideoProcessor`/`AutoProcessor` against `InstAPConfig` (done on import)."""
     from transformers import AutoProcessor, AutoVideoProcessor
 
     AutoVideoProcessor.register(InstAPConfig, InstAPVideoProcessor, exist_ok=True)
     AutoProcessor.register(InstAPConfig, InstAPProcessor, exist_ok=True)
-    return True
 
 
 register_auto_classes()

@@ -304,3 +304,7 @@ class InstAPProcessor(ProcessorMixin):
 
 
 __all__ = ["InstAPProcessor"]
+
+
+# Every save writes an `auto_map` and copies this code, so a saved folder loads with `AutoProcessor` as remote code.
+InstAPProcessor.register_for_auto_class("AutoProcessor")

@@ -394,3 +394,7 @@ class InstAPVideoProcessor(BaseVideoProcessor):
 
 
 __all__ = ["InstAPVideoProcessor", "InstAPVideosKwargs"]
+
+
+# Every save writes an `auto_map` and copies this code: a saved folder loads with `AutoVideoProcessor` as remote code.
+InstAPVideoProcessor.register_for_auto_class("AutoVideoProcessor")

@@ -15,7 +15,6 @@ from hub_helpers import make_model, make_processor, run_fresh
 from safetensors import safe_open
 from transformers.dynamic_module_utils import get_relative_import_files
 
-from instap_processing import InstAPProcessor, InstAPVideoProcessor
 from instap_train.hub import check_hub_folder, export_for_hub, populate_hub_cache
 
 MODEL_CODE = {"configuration_instap.py", "modeling_instap.py", "losses.py", "masking.py"}
@@ -80,11 +79,23 @@ def test_export_writes_a_hub_repository(exported):
     state = model.state_dict()
     assert torch.equal(saved["instap.temperature"], state["instap.temperature"])
     assert any(key.startswith("distillation.teacher.") for key in saved)
-    # The measured results (not NaN) are in the card; the export left the processor classes as they were.
+    # The measured results (not NaN) are in the card, with the pipeline's Hub task.
     readme = (folder / "README.md").read_text()
     assert "t2v_r1_reranked" in readme and "org/instap-tiny" in readme and "nan" not in readme.split("---")[1]
+    assert "pipeline_tag: video-classification" in readme
     assert json.loads((folder / "eval_results.json").read_text())["global_step"] == 7
-    assert "_auto_class" not in InstAPProcessor.__dict__ and "_auto_class" not in InstAPVideoProcessor.__dict__
+
+
+def test_plain_saves_write_the_same_remote_code_as_the_export(tmp_path, exported):
+    """Training outputs and checkpoints are plain `save_pretrained` calls: they must be as complete as an export."""
+    model, processor, folder, files = exported
+    model.save_pretrained(tmp_path / "plain")
+    processor.save_pretrained(tmp_path / "plain")
+    plain = set(os.listdir(tmp_path / "plain"))
+    assert (set(files) - {"README.md", "eval_results.json"}) <= plain
+    for name in ("config.json", "processor_config.json"):
+        assert json.loads((tmp_path / "plain" / name).read_text()) == json.loads((folder / name).read_text())
+    assert check_hub_folder(tmp_path / "plain") == ["README.md (the model card) is missing"]  # run_align writes one
 
 
 def test_backbone_only_export(tmp_path, exported):
@@ -99,11 +110,14 @@ def test_backbone_only_export(tmp_path, exported):
 
 def test_check_hub_folder_reports_what_would_break(tmp_path, exported):
     model, processor, folder, _ = exported
-    # A plain training output folder: the processor config has no auto_map, there is no card, a pickle.
+    # A training output folder without its card, with a pickle, and a processor config that lost its auto_map.
     plain = tmp_path / "plain"
     model.save_pretrained(plain)
     processor.save_pretrained(plain)
     (plain / "training_args.bin").write_bytes(b"\x80\x04.")
+    processor_config = json.loads((plain / "processor_config.json").read_text())
+    del processor_config["auto_map"]
+    (plain / "processor_config.json").write_text(json.dumps(processor_config))
     problems = check_hub_folder(plain)
     assert any("no AutoProcessor" in p for p in problems)
     assert any("README.md" in p for p in problems)

@@ -79,8 +79,8 @@ def test_repository_card_metadata():
     assert {"google-bert/bert-large-uncased", "openai/clip-vit-large-patch14"} == set(data.base_model)
     assert {"video-text-retrieval", "video-language", "instance-aware", "custom_code"} <= set(data.tags)
     assert data.datasets and "org/instvl" in data.datasets
-    # No Hub task fits zero-shot video-text retrieval (huggingface.js tasks list): left unset, tags instead.
-    assert data.pipeline_tag is None
+    # The Hub task closest to the shipped zero-shot video classification pipeline (X-CLIP's).
+    assert data.pipeline_tag == "video-classification"
     assert data.model_name == "instap-l"
 
 

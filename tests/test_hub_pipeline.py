@@ -1,4 +1,4 @@
-"""The zero-shot video classification pipeline (`instap_eval.pipeline_instap`): `pipeline(...)` on an exported
+"""The zero-shot video classification pipeline (`modeling_instap.pipeline_instap`): `pipeline(...)` on an exported
 folder (remote code) and on a plain saved folder (the project's registration), scores against a direct computation
 with `InstAPModel`, matching-head re-ranking, and the same call in a fresh process without the InstAP packages."""
 
@@ -18,10 +18,10 @@ from hub_helpers import (
 )
 from transformers import pipeline
 
-from instap_eval.pipeline_instap import TASK, InstAPZeroShotVideoClassificationPipeline, register_pipeline
 from instap_processing import InstAPProcessor
 from instap_train.hub import export_for_hub
 from modeling_instap import InstAPModel
+from modeling_instap.pipeline_instap import TASK, InstAPZeroShotVideoClassificationPipeline, register_pipeline
 
 LABELS = ["a red square moving right", "a green field", "the blue circle", "two black objects"]
 
@@ -75,7 +75,11 @@ def test_pipeline_from_exported_folder(setup, tmp_path):
 
 def test_registered_pipeline_on_a_plain_folder(setup):
     model, processor, _, plain, video = setup
-    assert json.loads((plain / "config.json").read_text()).get("custom_pipelines") is None
+    # Every save names the pipeline under `custom_pipelines`; a folder without it (saved elsewhere, or older) still
+    # works through the task this package registers.
+    config = json.loads((plain / "config.json").read_text())
+    assert config.pop("custom_pipelines")
+    (plain / "config.json").write_text(json.dumps(config))
     register_pipeline(overwrite=True)
     classifier = pipeline(TASK, model=str(plain))
     assert type(classifier) is InstAPZeroShotVideoClassificationPipeline

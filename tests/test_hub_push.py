@@ -73,11 +73,11 @@ def test_push_uses_create_repo_and_upload_folder(training_output, monkeypatch):
 
 def test_unfit_folders_are_refused(tmp_path, training_output, monkeypatch):
     monkeypatch.setattr("huggingface_hub.HfApi", _NoNetwork)
-    # A folder saved with save_pretrained only: no processor auto_map, no card.
+    # A folder saved with save_pretrained only: complete remote code, but no card.
     plain = tmp_path / "plain"
     make_model(pretraining=False).save_pretrained(plain)
     make_processor(tmp_path / "tokenizer").save_pretrained(plain)
-    with pytest.raises(ValueError, match="AutoProcessor"):
+    with pytest.raises(ValueError, match="README.md"):
         push_folder(plain, "me/x")
     assert "config.json" in push_folder(plain, "me/x", check=False)
     # A pickle that the ignore patterns would not catch.

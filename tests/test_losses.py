@@ -13,17 +13,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from modeling_instap.losses import (
+    all_gather_variable,
     all_gather_with_grad,
     box_cxcywh_to_xyxy,
     box_regression_loss,
     box_xyxy_to_cxcywh,
+    check_equal_batch_sizes,
     contrastive_loss,
+    gather_counts,
     gather_without_grad,
     generalized_box_iou,
     mask_tokens_for_mlm,
     matching_loss,
     mlm_loss,
-    process_offset,
     reconstruction_loss,
     sample_hard_negatives,
 )
@@ -87,7 +89,15 @@ def test_all_gather_single_process_identity_and_grad():
 
     z = gather_without_grad(x)
     assert torch.equal(z, x) and not z.requires_grad
-    assert process_offset(5) == 0
+    assert gather_counts([5, 2]).tolist() == [[5, 2]]
+    v = all_gather_variable(x, counts=[5], with_grad=False)
+    assert torch.equal(v, x) and not v.requires_grad
+
+
+def test_unequal_batch_sizes_raise_naming_them():
+    check_equal_batch_sizes([4, 4, 4])
+    with pytest.raises(ValueError, match=r"\[4, 3\]"):
+        check_equal_batch_sizes([4, 3])
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -494,7 +504,14 @@ def _dist_worker(rank: int, init_file: str, out_dir: str) -> None:
             v_all = all_gather_with_grad(v_local)
             t_all = all_gather_with_grad(t_local)
             ids = gather_without_grad(prob["ids"][rows]) if use_ids else None
-            assert process_offset(_LOCAL) == rank * _LOCAL
+            # One collective for the step's counts; the instance-style gather of unequal row counts.
+            counts = gather_counts([_LOCAL, rank + 1])
+            assert counts.tolist() == [[_LOCAL, r + 1] for r in range(_WORLD)]
+            uneven = torch.full((rank + 1, 2), float(rank), requires_grad=True)
+            gathered = all_gather_variable(uneven, counts=counts[:, 1].tolist())
+            assert gathered.tolist() == [[float(r)] * 2 for r in range(_WORLD) for _ in range(r + 1)]
+            (gathered.sum() * 1.0).backward()
+            assert torch.equal(uneven.grad, torch.full_like(uneven, float(_WORLD)))
             loss = contrastive_loss(v_all, t_all, temp, source_ids=ids, same_source=mode)
             v_local.retain_grad()
             t_local.retain_grad()

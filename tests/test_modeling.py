@@ -53,7 +53,7 @@ def _seed():
 
 def test_vision_model_unmasked_outputs():
     config = tiny_config().vision_config
-    model = InstAPVisionModel(config).eval()
+    model = InstAPVisionModel._from_config(config, attn_implementation="eager").eval()
     pixels = torch.randn(2, 4, 3, 32, 32)
     out = model(pixels, output_hidden_states=True, output_attentions=True)
     tokens = 4 * PATCHES
@@ -169,7 +169,7 @@ def test_vision_model_rejects_untileable_input():
 
 def _text_model() -> tuple[InstAPTextModel, InstAPTextConfig]:
     config = tiny_config().text_config
-    return InstAPTextModel(config).eval(), config
+    return InstAPTextModel._from_config(config, attn_implementation="eager").eval(), config
 
 
 def test_text_model_text_mode():
@@ -180,7 +180,10 @@ def test_text_model_text_mode():
     assert out.last_hidden_state.dtype == torch.float32
     torch.testing.assert_close(out.pooler_output, out.last_hidden_state[:, 0])  # [CLS], no pooler layer
     assert len(out.hidden_states) == config.fusion_layer + 1  # embeddings + the text layers
-    assert out.attentions == ()  # text layers have no cross-attention
+    assert len(out.attentions) == config.fusion_layer and out.cross_attentions == ()  # no cross-attention here
+    for attention in out.attentions:
+        assert attention.shape == (3, HEADS, 10, 10)
+        assert attention[-1, :, :, mask[-1] == 0].abs().max() < 1e-6  # padded keys get no attention
     # Padding is invisible: changing the ids under the padding mask leaves every real position unchanged.
     changed = ids.clone()
     changed[mask == 0] = 77
@@ -210,8 +213,9 @@ def test_text_model_fusion_mode_and_cross_attention_maps():
     )
     assert out.last_hidden_state.shape == (2, 8, WIDTH)
     assert len(out.hidden_states) == config.num_fusion_layers + 1
-    assert len(out.attentions) == config.num_fusion_layers
-    for attention in out.attentions:
+    assert len(out.attentions) == len(out.cross_attentions) == config.num_fusion_layers
+    assert all(attention.shape == (2, HEADS, 8, 8) for attention in out.attentions)
+    for attention in out.cross_attentions:
         assert attention.shape == (2, HEADS, 8, 12)
         torch.testing.assert_close(attention.sum(-1), torch.ones(2, HEADS, 8))
         assert attention[1, :, :, 8:].abs().max() < 1e-6  # masked video tokens get no attention
@@ -228,19 +232,6 @@ def test_text_model_fusion_mode_and_cross_attention_maps():
     torch.testing.assert_close(changed.last_hidden_state[0], out.last_hidden_state[0])
 
 
-def test_text_model_multimodal_is_text_then_fusion():
-    model, config = _text_model()
-    ids, mask = make_captions(2, 8)
-    video = torch.randn(2, 12, WIDTH)
-    full = model(input_ids=ids, attention_mask=mask, encoder_hidden_states=video, mode="multimodal",
-                 output_attentions=True, output_hidden_states=True)
-    text = model(input_ids=ids, attention_mask=mask, mode="text").last_hidden_state
-    fused = model(text_hidden_states=text, attention_mask=mask, encoder_hidden_states=video, mode="fusion")
-    torch.testing.assert_close(full.last_hidden_state, fused.last_hidden_state)
-    assert len(full.attentions) == config.num_fusion_layers
-    assert len(full.hidden_states) == config.num_hidden_layers + 1
-
-
 def test_text_model_mode_errors():
     model, _ = _text_model()
     ids, mask = make_captions(2, 8)
@@ -248,8 +239,9 @@ def test_text_model_mode_errors():
         model(input_ids=ids, mode="decoder")
     with pytest.raises(ValueError, match="text_hidden_states"):
         model(input_ids=ids, mode="fusion")
+    text = model(input_ids=ids, attention_mask=mask).last_hidden_state
     with pytest.raises(ValueError, match="encoder_hidden_states"):
-        model(input_ids=ids, attention_mask=mask, mode="multimodal")
+        model(text_hidden_states=text, attention_mask=mask, mode="fusion")
     with pytest.raises(ValueError, match="max_position_embeddings"):
         model(input_ids=torch.ones(1, 65, dtype=torch.long), mode="text")
 
@@ -288,11 +280,15 @@ def test_model_forward_is_clip_like():
 
 
 def test_model_whole_video_pooling_is_normalised():
-    for config, train in ((tiny_config(deterministic=True, eval_frame_pooling="video"), False),
-                          (tiny_config(deterministic=True), True)):
-        model = InstAPModel(config).train(train)
+    for config, pool_frames in ((tiny_config(deterministic=True, eval_frame_pooling="video"), None),
+                                (tiny_config(deterministic=True), False)):
+        model = InstAPModel(config).eval()
         pixels = torch.randn(2, 4, 3, 32, 32)
-        features = model.get_video_features(pixels)
+        features = model.get_video_features(pixels, pool_frames=pool_frames)
+        # The pooling is what the arguments and config say, not the module's train/eval mode.
+        torch.testing.assert_close(model.train().get_video_features(pixels, pool_frames=pool_frames).pooler_output,
+                                   features.pooler_output)
+        model.eval()
         assert features.pooler_output.shape == (2, PROJ)
         torch.testing.assert_close(features.pooler_output.norm(dim=-1), torch.ones(2))
         pooled = model.vision_model(pixels).pooler_output
@@ -421,7 +417,8 @@ def test_pretraining_all_terms_and_weighted_total():
     assert out.bool_masked_pos.shape == (2, 4 * PATCHES) and out.bool_masked_pos.dtype == torch.bool
 
     no_loss = model(**batch, return_loss=False)
-    assert no_loss.loss is None and no_loss.loss_vtc is not None
+    assert no_loss.loss is None and all(getattr(no_loss, name) is None for name in TERMS)
+    assert no_loss.logits_per_video.shape == (2, 2) and no_loss.video_embeds.shape == (2, PROJ)
 
 
 def test_pretraining_same_source_samples_are_soft_positives():
@@ -463,10 +460,12 @@ def test_pretraining_without_teacher_has_no_reconstruction():
     torch.testing.assert_close(out.loss, _weighted_total(out, config))
     # Without a teacher the scene is still masked in training, at random, with the UMT visible count.
     assert (visible_per_frame(out.bool_masked_pos, 4) == umt_visible_count(PATCHES, 0.8)).all()
-    assert model.eval()(**make_batch(config)).bool_masked_pos is None
+    # The same objective in eval mode (no behaviour behind `self.training`); `mask_tokens=False` hides nothing.
+    assert (visible_per_frame(model.eval()(**make_batch(config)).bool_masked_pos, 4) == umt_visible_count(PATCHES, 0.8)).all()
+    assert model(**make_batch(config), mask_tokens=False).bool_masked_pos is None
 
 
-def test_pretraining_caps_instances_per_sample_in_training_only(monkeypatch):
+def test_pretraining_caps_instances_per_sample_and_masks_crops(monkeypatch):
     config = tiny_config(max_instances_per_sample=2)
     model = InstAPForPreTraining(config)
     seen = []
@@ -484,10 +483,10 @@ def test_pretraining_caps_instances_per_sample_in_training_only(monkeypatch):
     # Training crops are masked at random with the media's ratio (0.8 for video): same count per frame.
     assert crop_mask is not None and crop_mask.shape == (3, 4 * PATCHES)
     assert (visible_per_frame(crop_mask, 4) == umt_visible_count(PATCHES, 0.8)).all()
-    model.eval()(**batch)
+    model.eval()(**batch, mask_tokens=False)
     index, crop_mask = seen[-1]
-    assert index.tolist() == [0] * 5 + [1]
-    assert crop_mask is None  # never masked at evaluation
+    assert index.tolist() == [0, 0, 1]  # the cap is part of the objective, in eval mode too
+    assert crop_mask is None
 
 
 def test_pretraining_on_images_uses_the_image_ratio():
@@ -806,7 +805,6 @@ def test_config_rejects_bad_values_naming_the_field(overrides, field):
         (InstAPVisionConfig, {"image_size": 100}, "patch_size"),
         (InstAPVisionConfig, {"drop_path_rate": 1.0}, "drop_path_rate"),
         (InstAPTextConfig, {"fusion_layer": 12}, "fusion_layer"),
-        (InstAPTextConfig, {"mask_token_id": 40000}, "mask_token_id"),
     ],
 )
 def test_sub_configs_reject_bad_values(cls, kwargs, field):

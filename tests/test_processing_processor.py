@@ -10,7 +10,6 @@ from instap_processing import (
     InstAPVideoProcessor,
     InstVLSampleError,
     caption_offset,
-    register_auto_classes,
     split_sentences,
     stable_source_id,
     swap_left_right,
@@ -227,14 +226,13 @@ def test_save_and_load_round_trip(processor, tmp_path):
     assert loaded.max_length == 16 and loaded.video_processor.num_frames == 4
     assert isinstance(loaded.video_processor, InstAPVideoProcessor)
     assert loaded.tokenizer("a red square")["input_ids"] == processor.tokenizer("a red square")["input_ids"]
-    if register_auto_classes():
-        from transformers import AutoProcessor
+    from transformers import AutoProcessor
 
-        assert isinstance(AutoProcessor.from_pretrained(tmp_path), InstAPProcessor)
+    assert isinstance(AutoProcessor.from_pretrained(tmp_path), InstAPProcessor)
 
 
 def test_remote_code_round_trip(processor, tmp_path, monkeypatch):
-    """Saved with `register_for_auto_class`, the processor files are self-contained Hub remote code."""
+    """Every save writes self-contained Hub remote code (the classes are registered for their Auto classes)."""
     import transformers.dynamic_module_utils as dynamic_module_utils
     from transformers import AutoProcessor
 
@@ -248,8 +246,6 @@ def test_remote_code_round_trip(processor, tmp_path, monkeypatch):
     # ... and found first on sys.path (the default cache, which `evaluate` puts on sys.path, would shadow it).
     (tmp_path / "modules").mkdir()
     monkeypatch.syspath_prepend(str(tmp_path / "modules"))
-    monkeypatch.setattr(InstAPProcessor, "_auto_class", "AutoProcessor")
-    monkeypatch.setattr(InstAPVideoProcessor, "_auto_class", "AutoVideoProcessor")
     processor.save_pretrained(tmp_path / "saved")
     copied = {path.name for path in (tmp_path / "saved").glob("*.py")}
     assert {"processing_instap.py", "video_processing_instap.py", "decoding.py", "crops.py"} <= copied
@@ -263,10 +259,8 @@ def test_remote_code_round_trip(processor, tmp_path, monkeypatch):
     assert loaded.max_length == 16 and type(loaded.video_processor).__module__.startswith(
         "transformers_modules"
     )
-    if register_auto_classes():  # with the package installed, its registered classes win over the copied code
-        assert isinstance(
-            AutoProcessor.from_pretrained(tmp_path / "saved", trust_remote_code=True), InstAPProcessor
-        )
+    # With the package installed, its registered classes win over the copied code.
+    assert isinstance(AutoProcessor.from_pretrained(tmp_path / "saved", trust_remote_code=True), InstAPProcessor)
     video = np.zeros((6, 40, 40, 3), dtype=np.uint8)
     instances = [[{"caption": "a red square", "boxes": [[0, 0, 10, 10]], "frame_index": [0]}]]
     batch = loaded(videos=[video], text=["a red square"], instances=instances, sample_ids=["x"])

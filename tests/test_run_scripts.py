@@ -1,10 +1,10 @@
 """The two training scripts end to end on a tiny synthetic InstVL: stage 1, then stage 2 from it, then loading."""
 
 import json
-import os
 
 import pytest
 import torch
+from hub_helpers import run_fresh, write_tiny_video
 from transformers import AutoModel
 
 import modeling_instap  # noqa: F401  (registers the Auto classes)
@@ -61,10 +61,39 @@ def test_stage1_then_stage2_then_load(synthetic_dir, tmp_path, capsys):
     card = (stage2_dir / "README.md").read_text()
     assert "model-index" in card and "video_1k" in card
 
-    # The output folder is a checkpoint AutoModel loads directly, with its processor beside it.
+    # The output folder is a checkpoint AutoModel loads directly ...
     backbone = AutoModel.from_pretrained(stage2_dir)
     assert isinstance(backbone, InstAPModel)
-    assert os.path.exists(stage2_dir / "processor_config.json") or os.path.exists(stage2_dir / "video_preprocessor_config.json")
+    # ... and, in a fresh process without the project, loads through every Auto class and the pipeline.
+    video = write_tiny_video(tmp_path / "clip.mp4")
+    result = run_fresh(_FRESH_LOAD_SCRIPT, [str(stage2_dir), video], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-6000:]
+    assert "FRESH-LOAD-OK" in result.stdout
+
+
+_FRESH_LOAD_SCRIPT = """
+import sys
+
+from transformers import (
+    AutoModel, AutoModelForPreTraining, AutoProcessor, AutoTokenizer, AutoVideoProcessor, pipeline,
+)
+
+folder, video = sys.argv[1:3]
+model = AutoModel.from_pretrained(folder, trust_remote_code=True)
+assert type(model).__name__ == "InstAPModel", type(model)
+assert type(AutoModelForPreTraining.from_pretrained(folder, trust_remote_code=True)).__name__ == "InstAPForPreTraining"
+processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+assert type(processor).__name__ == "InstAPProcessor", type(processor)
+video_processor = AutoVideoProcessor.from_pretrained(folder, trust_remote_code=True)
+assert type(video_processor).__name__ == "InstAPVideoProcessor", type(video_processor)
+assert AutoTokenizer.from_pretrained(folder)("a red square")["input_ids"]
+classifier = pipeline("zero-shot-video-classification", model=folder, trust_remote_code=True)
+scores = classifier(video, candidate_labels=["a red square", "a blue circle"])
+assert sorted(s["label"] for s in scores) == ["a blue circle", "a red square"], scores
+assert abs(sum(s["score"] for s in scores) - 1) < 1e-5, scores
+assert_no_project_imports()
+print("FRESH-LOAD-OK")
+"""
 
 
 def test_log_reports_every_term_averaged(synthetic_dir, tmp_path):

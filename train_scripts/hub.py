@@ -16,13 +16,12 @@
 from __future__ import annotations
 
 import ast
-import contextlib
 import hashlib
 import json
 import logging
 import os
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -55,39 +54,6 @@ DEFAULT_PUSH_IGNORE_PATTERNS = [
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json")
 
 
-@contextlib.contextmanager
-def _auto_classes(processor) -> Iterator[None]:
-    """Sets `_auto_class` on the processor classes for one save (so that the saved configs carry an `auto_map`).
-
-    Afterwards the classes and the instances are as before (`custom_object_save` also leaves an `auto_map`
-    attribute on the saved objects, which would follow them into later, ordinary saves).
-    """
-    objects = [(processor, "AutoProcessor")]
-    video_processor = getattr(processor, "video_processor", None)
-    if video_processor is not None:
-        objects.append((video_processor, "AutoVideoProcessor"))
-    _missing = object()
-    saved = [
-        (obj, type(obj).__dict__.get("_auto_class", _missing), vars(obj).get("auto_map", _missing))
-        for obj, _ in objects
-    ]
-    try:
-        for obj, auto_class in objects:
-            type(obj)._auto_class = auto_class
-        yield
-    finally:
-        for obj, class_value, instance_value in saved:
-            if class_value is _missing:
-                with contextlib.suppress(AttributeError):
-                    del type(obj)._auto_class
-            else:
-                type(obj)._auto_class = class_value
-            if instance_value is _missing:
-                vars(obj).pop("auto_map", None)
-            else:
-                obj.auto_map = instance_value
-
-
 def _read_json(path: str) -> dict:
     with open(path, encoding="utf-8") as handle:
         return json.load(handle)
@@ -97,12 +63,6 @@ def _write_json(path: str, data: Mapping) -> None:
     with open(path, "w", encoding="utf-8") as handle:
         json.dump(data, handle, indent=2, sort_keys=True)
         handle.write("\n")
-
-
-def _pipeline_module():
-    from instap_eval import pipeline_instap
-
-    return pipeline_instap
 
 
 def export_for_hub(
@@ -115,7 +75,6 @@ def export_for_hub(
     backbone_only: bool = False,
     base_card: Any = None,
     dataset_id: str | None = None,
-    include_pipeline: bool = True,
 ) -> list[str]:
     """Writes `model` and `processor` as a self-contained Hub model repository in `out_dir`.
 
@@ -132,8 +91,6 @@ def export_for_hub(
         base_card: a model card (path, text or `ModelCard`) whose description, uses and citation sections the
             generated card keeps (e.g. the repository's `model_card.md`).
         dataset_id: the Hub id of the evaluation data (InstVL splits), for the card's `model-index`.
-        include_pipeline: ship `pipeline_instap.py` and register it under `custom_pipelines`, so that
-            `pipeline("zero-shot-video-classification", model=repo_id, trust_remote_code=True)` works.
 
     Returns:
         The sorted relative paths of the files in `out_dir`.
@@ -154,24 +111,10 @@ def export_for_hub(
         model = model.instap
     os.makedirs(out_dir, exist_ok=True)
 
+    # Both saves write their `auto_map` and code (and the model the pipeline, under `custom_pipelines`), as every
+    # save in the project does; the export adds the card and the evaluation results.
     model.save_pretrained(out_dir)
-    with _auto_classes(processor):
-        processor.save_pretrained(out_dir)
-
-    config_path = os.path.join(out_dir, "config.json")
-    config = _read_json(config_path)
-    if include_pipeline:
-        module = _pipeline_module()
-        shutil.copyfile(module.__file__, os.path.join(out_dir, os.path.basename(module.__file__)))
-        module_name = os.path.splitext(os.path.basename(module.__file__))[0]
-        config["custom_pipelines"] = {
-            module.TASK: {
-                "impl": f"{module_name}.{module.InstAPZeroShotVideoClassificationPipeline.__name__}",
-                "pt": ["AutoModel"],
-                "type": "multimodal",
-            }
-        }
-    _write_json(config_path, config)
+    processor.save_pretrained(out_dir)
 
     if eval_results is not None:
         results = eval_results if isinstance(eval_results, Mapping) else _read_json(os.fspath(eval_results))

@@ -47,6 +47,8 @@ CITATION = """@inproceedings{kumar2026instap,
   eprint    = {2604.08337},
   archivePrefix = {arXiv}
 }"""
+# The Hub task closest to zero-shot video classification (the shipped pipeline's task, not a Hub task): X-CLIP's.
+PIPELINE_TAG = "video-classification"
 DEFAULT_TAGS = [
     "video-text-retrieval",
     "zero-shot-video-classification",
@@ -590,6 +592,7 @@ def generate_model_card(
     card_data = ModelCardData(
         license=base_data.get("license", license),
         library_name="transformers",
+        pipeline_tag=base_data.get("pipeline_tag", PIPELINE_TAG),
         tags=tags,
         datasets=list(datasets) if datasets is not None else (_as_list(base_data.get("datasets")) or None),
         base_model=base_models or None,
@@ -664,7 +667,7 @@ def check_card_metadata(card: Any) -> ModelCardData:
             raise ValueError("model-index does not round-trip through huggingface_hub.EvalResult.")
         if not data.eval_results:
             raise ValueError("model-index has no results.")
-    for key in ("license", "library_name"):
+    for key in ("license", "library_name", "pipeline_tag"):
         if not raw.get(key):
             raise ValueError(f"The card's metadata has no {key}.")
     return data
