@@ -28,6 +28,7 @@ from .records import (
     InstVLRecord,
     parse_record,
     stable_source_id,
+    validate_instance_against_media,
     validate_instances_against_media,
 )
 from .sampling import sample_frame_indices
@@ -84,6 +85,7 @@ __all__ = [
     "split_sentences",
     "stable_source_id",
     "swap_left_right",
+    "validate_instance_against_media",
     "validate_instances_against_media",
 ]
 

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 import torch
 from torchvision.ops import roi_align
 
-__all__ = ["boxes_at_frames", "clip_boxes", "crop_instances", "expand_small_boxes", "visible_in_any_frame"]
+__all__ = [
+    "boxes_at_frames",
+    "clip_boxes",
+    "crop_instances",
+    "expand_small_boxes",
+    "pad_degenerate_boxes",
+    "visible_fraction",
+    "visible_in_any_frame",
+]
 
 
 def boxes_at_frames(
@@ -72,6 +80,15 @@ def expand_small_boxes(boxes: torch.Tensor, min_size: float, height: int, width:
     x1, x2 = grow(boxes[..., 0], boxes[..., 2], min_width, width)
     y1, y2 = grow(boxes[..., 1], boxes[..., 3], min_height, height)
     return torch.stack([x1, y1, x2, y2], dim=-1)
+
+
+def pad_degenerate_boxes(boxes: torch.Tensor, min_size: float) -> torch.Tensor:
+    """Grows the zero-width or zero-height sides of `(..., 4)` boxes to `min_size` around their centre (not clipped
+    to the frame: where the box lies decides whether it is in view)."""
+    centre = (boxes[..., :2] + boxes[..., 2:]) / 2
+    size = boxes[..., 2:] - boxes[..., :2]
+    half = torch.where(size > 0, size, torch.full_like(size, float(min_size))) / 2
+    return torch.cat([centre - half, centre + half], dim=-1)
 
 
 def visible_fraction(boxes: torch.Tensor, height: int, width: int) -> torch.Tensor:

@@ -35,6 +35,9 @@ from typing import Any
 import datasets
 from datasets import Features, List, Value
 
+from .errors import InstVLSampleError
+from .records import parse_record
+
 __all__ = [
     "INSTVL_FEATURES",
     "INSTVL_PATH_FEATURES",
@@ -113,17 +116,72 @@ def iter_json_records(paths: Sequence[str], media_root: str | None = None) -> It
     """
     for path in paths:
         root = media_root if media_root is not None else os.path.dirname(os.path.abspath(path))
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8", errors="surrogateescape") as handle:
             if path.endswith(".jsonl"):
-                rows: Any = (json.loads(line) for line in handle if line.strip())
+                rows: Any = _json_lines(handle, path)
             else:
                 rows = json.load(handle)
                 if isinstance(rows, dict):
                     rows = rows.get("data", rows.get("records", []))
-            for row in rows:
-                if isinstance(row, dict):
+                rows = ((f"{os.path.basename(path)}[{i}]", row) for i, row in enumerate(rows))
+            for where, row in rows:
+                if isinstance(row, dict) and "_error" not in row:
                     row = dict(row, media=_resolve_media_path(row.get("media"), root))
+                elif not isinstance(row, dict):
+                    # Kept as a bad sample (counted and reported with where it is) instead of ending the split.
+                    row = _bad_row(where, f"a record must be a JSON object, got {type(row).__name__}")
                 yield row
+
+
+def _json_lines(handle, path: str) -> Iterator[tuple[str, Any]]:
+    for number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        where = f"{os.path.basename(path)}:{number}"
+        try:
+            yield where, json.loads(line)
+        except json.JSONDecodeError as error:  # e.g. a file truncated mid-line
+            yield where, _bad_row(where, f"line {number} of {path} is not valid JSON ({error.msg})")
+
+
+def _bad_row(sample_id: str, detail: str, field: str | None = None, reason: str = "malformed_record") -> dict:
+    """A placeholder record for an unreadable row: `prepare_example` raises it as an `InstVLSampleError`."""
+    return {"id": sample_id, "_error": detail, "_error_field": field, "_error_reason": reason}
+
+
+def arrow_safe_record(row: Any) -> dict:
+    """`row` as a record with InstVL's column types (what a map-style `datasets.Dataset` needs), or, when it is
+    malformed (a caption that is a number, boxes that are not numbers, ...), a placeholder that carries the error.
+
+    Without this one malformed row raised an Arrow type error that lost the whole split.
+    """
+    # Every row gets every column (`Dataset.from_list` takes its columns from the first row).
+    empty = {"media_type": None, "media": None, "caption": None, "instances": None}
+    if isinstance(row, dict) and "_error" in row:
+        return {**empty, **row, "id": str(row.get("id"))}
+    try:
+        record = parse_record(row, require_caption=False)
+    except InstVLSampleError as error:
+        sample_id = error.sample_id if error.sample_id is not None else str(row.get("id") if isinstance(row, dict) else None)
+        return {**empty, **_bad_row(str(sample_id), error.detail, error.field, error.reason)}
+    return {
+        "_error": None,
+        "_error_field": None,
+        "_error_reason": None,
+        "id": record.id,
+        "media_type": record.media_type,
+        "media": record.media,
+        "caption": record.caption,
+        "instances": [
+            {
+                "caption": instance.caption,
+                "category": instance.category,
+                "frame_index": [int(index) for index in instance.frame_index],
+                "boxes": [[float(v) for v in box] for box in instance.boxes],
+            }
+            for instance in record.instances
+        ],
+    }
 
 
 def iter_webdataset_records(shards: Sequence[str]) -> Iterator[dict]:
@@ -273,8 +331,8 @@ def _from_records(generator, gen_kwargs: dict, streaming: bool):
     if streaming:
         # Every list in gen_kwargs is a list of shards: `datasets` splits them between ranks and workers.
         return datasets.IterableDataset.from_generator(generator, gen_kwargs=gen_kwargs)
-    # Map-style from JSON or tar: the records must be Arrow-compatible (well-formed) for this.
-    return datasets.Dataset.from_list(list(generator(**gen_kwargs)))
+    # Map-style from JSON or tar: Arrow columns need one type each, so malformed rows become error placeholders.
+    return datasets.Dataset.from_list([arrow_safe_record(row) for row in generator(**gen_kwargs)])
 
 
 def _resolve_paths_if_needed(dataset, media_root: str):

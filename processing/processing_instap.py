@@ -11,10 +11,23 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.processing_utils import ProcessorMixin
 
 from .captions import caption_offset, select_caption_sentence, swap_left_right
-from .crops import boxes_at_frames, crop_instances, visible_fraction, visible_in_any_frame
+from .crops import (
+    boxes_at_frames,
+    crop_instances,
+    pad_degenerate_boxes,
+    visible_fraction,
+    visible_in_any_frame,
+)
 from .errors import InstVLSampleError
-from .records import InstVLInstance, parse_instance, stable_source_id
+from .records import InstVLInstance, parse_instance, stable_source_id, validate_instance_against_media
 from .video_processing_instap import InstAPVideoProcessor
+
+
+def _checked_max_length(value: Any) -> int:
+    # [CLS] word [SEP]: fewer than 3 tokens hold no word of the caption.
+    if isinstance(value, bool) or not isinstance(value, int) or value < 3:
+        raise ValueError(f"max_length must be an integer >= 3 ([CLS], a token, [SEP]), got {value!r}.")
+    return value
 
 
 class InstAPProcessor(ProcessorMixin):
@@ -72,7 +85,7 @@ class InstAPProcessor(ProcessorMixin):
             video_processor = InstAPVideoProcessor()
         if tokenizer is None:
             raise ValueError("InstAPProcessor needs a tokenizer (e.g. BertTokenizerFast).")
-        self.max_length = int(max_length)
+        self.max_length = _checked_max_length(max_length)
         self.caption_seed = int(caption_seed)
         self.full_caption = bool(full_caption)
         self.swap_left_right_on_flip = bool(swap_left_right_on_flip)
@@ -124,7 +137,7 @@ class InstAPProcessor(ProcessorMixin):
             list(captions),
             padding="max_length",
             truncation=True,
-            max_length=max_length or self.max_length,
+            max_length=self.max_length if max_length is None else _checked_max_length(max_length),
             return_token_type_ids=False,
             return_tensors="pt",
         )
@@ -251,11 +264,18 @@ class InstAPProcessor(ProcessorMixin):
             if clip_frames is None or len(clip_frames) != num_frames:
                 clip_frames = list(range(num_frames))
             for position, raw in enumerate(sample_instances or []):
-                instance = (
-                    raw
-                    if isinstance(raw, InstVLInstance)
-                    else parse_instance(raw, position, sample_id=sample_id, media_type=media_type)
-                )
+                if isinstance(raw, InstVLInstance):
+                    instance = raw  # parsed and checked against its media by the data pipeline
+                else:
+                    instance = parse_instance(raw, position, sample_id=sample_id, media_type=media_type)
+                    # Raw instances come straight from the caller: check them against the media they annotate.
+                    validate_instance_against_media(
+                        instance,
+                        sample_id=sample_id,
+                        num_frames=int(clip_metadata.total_num_frames or num_frames),
+                        height=int(clip_metadata.height or height),
+                        width=int(clip_metadata.width or width),
+                    )
                 if media_type == "video" and self.box_trajectories:
                     boxes = boxes_at_frames(instance.frame_index, instance.boxes, clip_frames)
                 else:
@@ -274,6 +294,9 @@ class InstAPProcessor(ProcessorMixin):
         boxes = torch.stack(all_boxes)  # (N, T, 4) in output pixels
         if not torch.isfinite(boxes).all():
             raise InstVLSampleError("instance boxes became non-finite after the transform", field="instances")
+        # A degenerate (zero-width or zero-height) box grows to one patch around its centre before the visibility
+        # checks, as METHOD §4.2 says; left at zero area it would count as out of view and vanish.
+        boxes = pad_degenerate_boxes(boxes, float(self.video_processor.patch_size))
         keep = visible_in_any_frame(boxes, height, width)
         if self.min_visible_box_fraction > 0:
             keep &= visible_fraction(boxes, height, width) >= self.min_visible_box_fraction

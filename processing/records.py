@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -116,13 +117,19 @@ def decode_caption(value: Any, *, sample_id: str | None, field: str) -> str:
     value = value.strip()
     if not value:
         raise InstVLSampleError("caption is empty", sample_id=sample_id, field=field, reason="bad_caption")
+    # Text made only of invisible characters (zero-width spaces, control characters, format marks) is empty too:
+    # it tokenizes to [UNK]s or to nothing.
+    if not any(unicodedata.category(char)[0] in "LNPS" for char in value):
+        raise InstVLSampleError(
+            f"caption has no visible character ({value!r})", sample_id=sample_id, field=field, reason="bad_caption"
+        )
     return value
 
 
 def _parse_boxes(raw_boxes: Any, *, sample_id: str, field: str) -> np.ndarray:
     try:
         boxes = np.asarray(raw_boxes, dtype=np.float64)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InstVLSampleError(
             "boxes must be a list of [x1, y1, x2, y2] numbers",
             sample_id=sample_id,
@@ -139,9 +146,10 @@ def _parse_boxes(raw_boxes: Any, *, sample_id: str, field: str) -> np.ndarray:
             reason="malformed_instances",
         )
     for row, box in enumerate(boxes):
-        if not np.all(np.isfinite(box)):
+        # Boxes travel as float32 tensors: a coordinate finite in float64 but not in float32 (1e39) is infinite there.
+        if not (np.all(np.isfinite(box)) and np.all(np.abs(box) <= np.finfo(np.float32).max)):
             raise InstVLSampleError(
-                f"box {box.tolist()} has NaN or infinite coordinates",
+                f"box {box.tolist()} has NaN or infinite coordinates (in float32)",
                 sample_id=sample_id,
                 field=f"{field}[{row}]",
                 reason="nan_coordinates",
@@ -195,7 +203,7 @@ def parse_instance(raw: Any, position: int, *, sample_id: str | None, media_type
         frame_index = [int(index) for index in raw_frame_index]
         if any(float(a) != int(a) for a in raw_frame_index):
             raise ValueError
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: int(inf), float(10**400)
         raise InstVLSampleError(
             "frame_index must be a list of integers",
             sample_id=sample_id,
@@ -318,23 +326,32 @@ def validate_instances_against_media(
     at all, or a frame index outside `[0, num_frames)`, raises [`InstVLSampleError`].
     """
     for instance in record.instances:
-        field = f"instances[{instance.index}]"
-        for row, (frame, box) in enumerate(zip(instance.frame_index, instance.boxes)):
-            if frame < 0 or frame >= num_frames:
-                raise InstVLSampleError(
-                    f"trajectory frame index {frame} is outside the media's {num_frames} frame(s)",
-                    sample_id=record.id,
-                    field=f"{field}.frame_index[{row}]",
-                    reason="frame_index_out_of_range",
-                )
-            x1, y1, x2, y2 = (float(v) for v in box)
-            if not (_overlaps(x1, x2, width) and _overlaps(y1, y2, height)):
-                raise InstVLSampleError(
-                    f"box {[x1, y1, x2, y2]} lies outside the {width}x{height} frame",
-                    sample_id=record.id,
-                    field=f"{field}.boxes[{row}]",
-                    reason="box_outside_frame",
-                )
+        validate_instance_against_media(
+            instance, sample_id=record.id, num_frames=num_frames, height=height, width=width
+        )
+
+
+def validate_instance_against_media(
+    instance: InstVLInstance, *, sample_id: str | None, num_frames: int, height: int, width: int
+) -> None:
+    """[`validate_instances_against_media`] for one instance (`instance.index` names it in the error)."""
+    field = f"instances[{instance.index}]"
+    for row, (frame, box) in enumerate(zip(instance.frame_index, instance.boxes)):
+        if frame < 0 or frame >= num_frames:
+            raise InstVLSampleError(
+                f"trajectory frame index {frame} is outside the media's {num_frames} frame(s)",
+                sample_id=sample_id,
+                field=f"{field}.frame_index[{row}]",
+                reason="frame_index_out_of_range",
+            )
+        x1, y1, x2, y2 = (float(v) for v in box)
+        if not (_overlaps(x1, x2, width) and _overlaps(y1, y2, height)):
+            raise InstVLSampleError(
+                f"box {[x1, y1, x2, y2]} lies outside the {width}x{height} frame",
+                sample_id=sample_id,
+                field=f"{field}.boxes[{row}]",
+                reason="box_outside_frame",
+            )
 
 
 def _overlaps(low: float, high: float, size: int) -> bool:

@@ -166,7 +166,12 @@ def prepare_example(
 ) -> InstVLExample:
     """Parses, decodes and checks one record. Raises [`InstVLSampleError`] naming the sample id and field."""
     if isinstance(raw, Mapping) and raw.get("_error"):
-        raise InstVLSampleError(str(raw["_error"]), sample_id=str(raw.get("id")), reason="malformed_record")
+        raise InstVLSampleError(
+            str(raw["_error"]),
+            sample_id=str(raw.get("id")),
+            field=raw.get("_error_field"),
+            reason=raw.get("_error_reason") or "malformed_record",
+        )
     if isinstance(raw, InstVLRecord):
         record = raw
     else:

@@ -72,6 +72,66 @@ def _looks_like_image(source: Any) -> bool:
     return False
 
 
+_CHECKED_VALUES = (
+    "resample", "rescale_factor", "image_mean", "image_std", "random_resized_crop_scale", "random_resized_crop_ratio",
+    "flip_probability", "num_frames", "patch_size", "instance_crop_size",
+)
+
+
+def _finite_numbers(name: str, value: Any, length: int | None = None) -> list[float]:
+    values = [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    try:
+        numbers = [float(v) for v in values if not isinstance(v, bool)]
+        if len(numbers) != len(values):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number or a list of numbers, got {value!r}.") from None
+    if length is not None and len(numbers) != length:
+        raise ValueError(f"{name} must have {length} values, got {value!r}.")
+    if not all(np.isfinite(numbers)):
+        raise ValueError(f"{name} must be finite, got {value!r}.")
+    return numbers
+
+
+def _positive_int(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+
+
+def check_processing_values(values: dict[str, Any]) -> None:
+    """Raises a `ValueError` naming the field for a processing value that would give NaN/inf pixels, empty clips or
+    an obscure error later (`None` values are not checked: they fall back to the processor's own)."""
+    for name, value in values.items():
+        if value is None:
+            continue
+        if name == "resample":
+            if not isinstance(value, tvF.InterpolationMode) and value not in pil_torch_interpolation_mapping:
+                raise ValueError(f"resample must be a PIL resampling filter or an InterpolationMode, got {value!r}.")
+        elif name == "rescale_factor":
+            if _finite_numbers(name, value, 1)[0] <= 0:
+                raise ValueError(f"rescale_factor must be positive, got {value!r}.")
+        elif name == "image_mean":
+            _finite_numbers(name, value)
+        elif name == "image_std":
+            if min(_finite_numbers(name, value)) <= 0:
+                raise ValueError(f"image_std must be positive (it divides the pixels), got {value!r}.")
+        elif name in ("random_resized_crop_scale", "random_resized_crop_ratio"):
+            low, high = _finite_numbers(name, value, 2)
+            if not 0 < low <= high or (name.endswith("scale") and high > 1):
+                bound = "0 < low <= high <= 1" if name.endswith("scale") else "0 < low <= high"
+                raise ValueError(f"{name} must be (low, high) with {bound}, got {value!r}.")
+        elif name == "flip_probability":
+            if not 0 <= _finite_numbers(name, value, 1)[0] <= 1:
+                raise ValueError(f"flip_probability must be in [0, 1], got {value!r}.")
+        elif name in ("num_frames", "patch_size"):
+            _positive_int(name, value)
+        elif name == "instance_crop_size":
+            if not isinstance(value, dict) or set(value) != {"height", "width"}:
+                raise ValueError(f"instance_crop_size must be {{'height': int, 'width': int}}, got {value!r}.")
+            for side in ("height", "width"):
+                _positive_int(f"instance_crop_size[{side!r}]", value[side])
+
+
 class InstAPVideoProcessor(BaseVideoProcessor):
     r"""
     Video processor of InstAP (UMT-style video-language pre-training with instance crops).
@@ -113,6 +173,7 @@ class InstAPVideoProcessor(BaseVideoProcessor):
 
     def __init__(self, **kwargs: Unpack[InstAPVideosKwargs]) -> None:
         super().__init__(**kwargs)
+        check_processing_values({name: getattr(self, name, None) for name in _CHECKED_VALUES})
         # JSON turns tuples into lists; keep the in-memory type stable across a save/load round trip.
         for name in ("random_resized_crop_scale", "random_resized_crop_ratio"):
             value = getattr(self, name, None)
@@ -327,6 +388,17 @@ class InstAPVideoProcessor(BaseVideoProcessor):
         return_frame_transforms: bool | None = None,
         **kwargs,
     ) -> BatchFeature:
+        check_processing_values(
+            {
+                "resample": resample, "rescale_factor": rescale_factor if do_rescale else None,
+                "image_mean": image_mean if do_normalize else None, "image_std": image_std if do_normalize else None,
+                "random_resized_crop_scale": random_resized_crop_scale,
+                "random_resized_crop_ratio": random_resized_crop_ratio, "flip_probability": flip_probability,
+            }
+        )
+        for position, video in enumerate(videos):
+            if video.shape[0] == 0:
+                raise ValueError(f"video {position} has no frame.")
         if isinstance(resample, (PILImageResampling, int)):
             interpolation = pil_torch_interpolation_mapping[resample]
         else:

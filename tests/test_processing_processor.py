@@ -148,11 +148,24 @@ def test_image_batch(processor):
     assert batch["instance_pixel_values"][0, 0, :, 4:28, 4:28].min() > 0.9
 
 
-def test_instances_outside_the_view_are_dropped(processor):
+def test_raw_instances_are_checked_against_their_media(processor):
+    """Instances given to the processor directly get the data pipeline's checks against the media they annotate."""
     image = np.zeros((40, 40, 3), dtype=np.uint8)
     outside = {"caption": "gone", "boxes": [[50, 50, 60, 60]]}
-    batch = processor(images=[image], text=["a"], instances=[[outside]], sample_ids=["i"])
-    assert "instance_pixel_values" not in batch
+    with pytest.raises(InstVLSampleError, match=r"'i'.*instances\[0\]\.boxes\[0\].*box_outside_frame"):
+        processor(images=[image], text=["a"], instances=[[outside]], sample_ids=["i"])
+    video = np.zeros((4, 40, 40, 3), dtype=np.uint8)
+    late = {"caption": "late", "boxes": [[0, 0, 10, 10], [0, 0, 10, 10]], "frame_index": [0, 999]}
+    with pytest.raises(InstVLSampleError, match=r"'v'.*frame_index\[1\].*frame_index_out_of_range"):
+        processor(videos=[video], text=["a"], instances=[[late]], sample_ids=["v"])
+
+
+def test_zero_size_boxes_grow_to_a_patch_instead_of_vanishing(processor):
+    image = np.zeros((40, 40, 3), dtype=np.uint8)
+    point = {"caption": "a point", "boxes": [[10, 10, 10, 10]]}
+    line = {"caption": "a line", "boxes": [[5, 20, 30, 20]]}
+    batch = processor(images=[image], text=["a"], instances=[[point, line]], sample_ids=["i"])
+    assert batch["instance_pixel_values"].shape[0] == 2 and int(batch["num_dropped_instances"]) == 0
 
 
 def test_caption_sub_sampling_cycles_through_sentences(processor):
