@@ -45,7 +45,7 @@ after unwrapping and `module.` stripping) names them. Ignored without a word: th
 Sizes come from tensor shapes: widths, depths, MLP sizes, patch and tubelet sizes, vocabulary, fusion layer, the
 number of distillation heads K, projection sizes and the teacher's positional grid. Head counts cannot be read from
 shapes: without `--preset`/`--config`, the first preset whose shapes all match is taken (`instap-l` for UMT-L,
-`instap-b` for UMT-B), otherwise head_dim 64 is assumed (ViT/BERT/CLIP convention).
+`instap-b` for UMT-B); when none fits, `--config` is required (the head counts are not in the shapes).
 
 Usage:
 
@@ -363,8 +363,8 @@ class ConversionReport:
             )
             if any(key.startswith("distillation.teacher.") for key in self.missing):
                 problems.append(
-                    "The CLIP teacher is missing: UMT stage-1 files never hold it; pass --teacher (an OpenAI-layout "
-                    "file such as UMT's vit_l14.pth, or a Hugging Face CLIP folder / Hub id)."
+                    f"The CLIP teacher is missing: UMT stage-{self.stage} checkpoints do not hold it; pass --teacher "
+                    "(an OpenAI-layout file such as UMT's vit_l14.pth, or a Hugging Face CLIP folder / Hub id)."
                 )
         if self.unexpected:
             problems.append(
@@ -567,33 +567,16 @@ def config_mismatches(config: InstAPConfig, fields: Mapping[str, Mapping[str, in
 PRESETS = ("instap-l", "instap-b", "tiny")
 
 
-def _custom_config(fields: Mapping[str, Mapping[str, int]]) -> InstAPConfig:
-    """A configuration from shapes alone, with 64-wide attention heads (ViT/BERT/CLIP convention)."""
-
-    def heads(width: int, what: str) -> int:
-        if width % 64:
-            raise ConversionError(
-                f"No preset matches the checkpoint and the {what} width {width} is not a multiple of 64, so its head "
-                "count cannot be guessed: pass --preset or --config."
-            )
-        return width // 64
-
-    vision = dict(fields["vision"])
-    vision["num_attention_heads"] = heads(vision["hidden_size"], "video encoder")
-    text = dict(fields["text"])
-    if text:
-        text["num_attention_heads"] = heads(text["hidden_size"], "text encoder")
-    teacher = dict(fields["teacher"])
-    teacher.setdefault("hidden_act", "quick_gelu")
-    if "hidden_size" in teacher:
-        teacher["num_attention_heads"] = heads(teacher["hidden_size"], "teacher")
-    top = dict(fields["top"])
-    student_grid = 224 // vision.get("patch_size", 16)
-    kwargs = {"vision_config": vision, "text_config": text, **top}
-    if teacher.get("patch_size"):
-        kwargs["teacher_config"] = teacher
-        kwargs["teacher_image_size"] = student_grid * teacher["patch_size"]
-    return InstAPConfig(**kwargs)
+def _no_preset_error(fields: Mapping[str, Mapping[str, int]]) -> ConversionError:
+    """No preset fits: the head counts are not in the tensor shapes (q/k/v are `(width, width)` whatever the split), so
+    guessing one (64 per head, say) would convert silently into a different model. Ask for the configuration."""
+    widths = ", ".join(
+        f"{part} width {values['hidden_size']}" for part, values in fields.items() if values.get("hidden_size")
+    )
+    return ConversionError(
+        f"No InstAP preset matches the checkpoint's shapes ({widths}), and the shapes do not determine the number of "
+        "attention heads: pass --config (a config.json with each tower's num_attention_heads) or --preset."
+    )
 
 
 def build_config(
@@ -622,13 +605,13 @@ def build_config(
                 chosen, source = candidate, name
                 break
         if chosen is None:
-            chosen = _custom_config(fields)
+            raise _no_preset_error(fields)
         checkpoint_size = fields["teacher"].get("image_size")
         if teacher_image_size is None and checkpoint_size and chosen.teacher_config is not None:
             teacher_image_size = checkpoint_size
     problems = config_mismatches(chosen, fields)
     if problems:
-        what = f"preset {preset!r}" if preset else "the given config"
+        what = f"preset {preset!r}" if preset else "the --config configuration"
         raise ConversionError(f"The checkpoint does not fit {what}:\n  " + "\n  ".join(problems))
     if teacher_image_size is not None:
         if chosen.teacher_config is None:

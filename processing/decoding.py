@@ -92,6 +92,15 @@ class DecodedVideo:
         )
 
 
+# FFmpeg opens only local files, and only with video demuxers: a playlist (HLS `.m3u8`, `concat`, image
+# sequences) would make it open other files or URLs that the data names, whatever the file is called.
+VIDEO_DEMUXERS = (
+    "mov", "mp4", "matroska", "webm", "avi", "flv", "mpegts", "mpeg", "ogg", "asf", "gif", "ivf", "h264", "hevc",
+    "m4v", "mjpeg", "yuv4mpegpipe", "nut", "mxf", "dv", "rm",
+)
+_SAFE_OPEN_OPTIONS = {"format_whitelist": ",".join(VIDEO_DEMUXERS), "protocol_whitelist": "file"}
+
+
 def read_media_bytes(source: MediaSource, *, sample_id: str | None = None, field: str = "media") -> bytes:
     """Reads a path, a file object or a bytes-like object into `bytes` (raising `missing_file` for a bad path)."""
     if isinstance(source, (bytes, bytearray, memoryview)):
@@ -297,6 +306,31 @@ def _decode_positions(
     return decoded, rotation or 0, decoded_frame_count
 
 
+def _check_not_truncated(container, stream, total_num_frames: int, *, sample_id: str | None) -> None:
+    """Policy for videos cut short (a Matroska/WebM file truncated after its header still opens and demuxes, with
+    fewer frames): an error, reason `truncated_media`, when the stream lacks more than one frame (or 2 %, for long
+    videos whose declared duration is rounded) of those its declared duration implies. The declared duration is the
+    video stream's, or the container's when the video is its only stream (a longer audio track must not count)."""
+    rate = float(stream.average_rate) if stream.average_rate else None
+    if stream.duration and stream.time_base:
+        declared = float(stream.duration * stream.time_base)
+    elif container.duration and len(container.streams) == 1:
+        declared = container.duration / 1_000_000
+    else:
+        return
+    if not rate or declared <= 0:
+        return
+    expected = declared * rate
+    if total_num_frames < expected - max(1.0, 0.02 * expected) - 1e-6:
+        raise InstVLSampleError(
+            f"the video stream has {total_num_frames} frames but its container declares {declared:.3g} s at "
+            f"{rate:.3g} fps (~{expected:.0f} frames): the file is cut short",
+            sample_id=sample_id,
+            field="media",
+            reason="truncated_media",
+        )
+
+
 def decode_video(
     source: MediaSource,
     *,
@@ -343,11 +377,12 @@ def decode_video(
         `repeated_frames` is `True`.
 
     Raises:
-        [`InstVLSampleError`] with reason `missing_file`, `corrupt_media`, `zero_frames` or `unsupported_codec`.
+        [`InstVLSampleError`] with reason `missing_file`, `corrupt_media`, `truncated_media`, `zero_frames` or
+        `unsupported_codec`.
     """
     av_input = _as_av_input(source, sample_id=sample_id)
     try:
-        container = av.open(av_input, mode="r", metadata_errors="ignore")
+        container = av.open(av_input, mode="r", metadata_errors="ignore", options=dict(_SAFE_OPEN_OPTIONS))
     except av.error.FileNotFoundError:
         raise InstVLSampleError(
             f"media file {av_input!r} does not exist",
@@ -393,6 +428,8 @@ def decode_video(
                 "the video stream has no frames", sample_id=sample_id, field="media", reason="zero_frames"
             )
 
+        _check_not_truncated(container, stream, total_num_frames, sample_id=sample_id)
+
         if frame_indices is not None:
             positions = [int(i) for i in frame_indices]
             bad = [p for p in positions if p < 0 or p >= total_num_frames]
@@ -428,16 +465,14 @@ def decode_video(
                 field="media",
                 reason="zero_frames",
             )
-        missing = [p for p in set(positions) if p not in decoded]
+        missing = sorted(p for p in set(positions) if p not in decoded)
         if missing:
-            # The demuxer listed packets the decoder did not turn into frames (a cut-off end of file). Use the
-            # nearest decoded frame rather than failing the whole clip.
-            available = np.asarray(sorted(decoded))
-            for position in missing:
-                nearest = int(available[np.abs(available - position).argmin()])
-                decoded[position] = decoded[nearest]
-            logger.debug(
-                "sample %s: %d frames could not be decoded; used the nearest ones", sample_id, len(missing)
+            # The demuxer listed packets the decoder did not turn into frames: a cut-off end of file.
+            raise InstVLSampleError(
+                f"frames {missing[:5]} of {total_num_frames} could not be decoded (the file is cut short)",
+                sample_id=sample_id,
+                field="media",
+                reason="truncated_media",
             )
 
         stacked = np.stack([decoded[p] for p in positions])

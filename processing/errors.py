@@ -13,7 +13,9 @@ __all__ = ["BAD_SAMPLE_REASONS", "InstVLSampleError", "TooManyBadSamplesError"]
 # The stable reason codes. Streams count skipped samples per code, so keep these short and do not rename them.
 BAD_SAMPLE_REASONS = (
     "missing_file",  # a media path that does not exist under the media root
+    "unsafe_media_path",  # a media path that resolves outside the data root (`../`, an absolute path elsewhere)
     "corrupt_media",  # bytes that FFmpeg/PIL cannot parse or decode (garbage, truncated)
+    "truncated_media",  # a video cut short: fewer frames than its container declares, or listed frames that do not decode
     "zero_frames",  # a container without any video frame (no video stream, or an empty one)
     "unsupported_codec",  # a video stream for which this FFmpeg build has no decoder
     "malformed_record",  # a record that does not follow the InstVL schema (missing/ill-typed field)

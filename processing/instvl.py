@@ -92,20 +92,40 @@ INSTVL_FEATURES = instvl_features("bytes")
 INSTVL_PATH_FEATURES = instvl_features("path")
 
 
-def _resolve_media_path(media: Any, media_root: str | None) -> Any:
-    if isinstance(media, str) and media_root is not None and not os.path.isabs(media):
-        return os.path.join(media_root, media)
-    return media
+def resolve_media_path(media: Any, media_root: str | None, *, sample_id: Any = None) -> Any:
+    """A relative media path joined to `media_root`; bytes and `None` as they are.
+
+    With a root, the resolved path (symbolic links followed) must lie inside it: `../outside/secret.mp4` or an
+    absolute path elsewhere raises [`InstVLSampleError`] (reason `unsafe_media_path`), so that annotations cannot make
+    a run read files outside its data.
+    """
+    if not isinstance(media, str) or media_root is None:
+        return media
+    root = os.path.realpath(media_root)
+    path = os.path.realpath(os.path.join(root, media))
+    if os.path.commonpath([root, path]) != root:
+        raise InstVLSampleError(
+            f"media path {media!r} resolves outside the data root {media_root!r}",
+            sample_id=None if sample_id is None else str(sample_id),
+            field="media",
+            reason="unsafe_media_path",
+        )
+    return path
 
 
 class _ResolveMediaPaths:
-    """`map` function joining relative media paths to the media root (picklable, for DataLoader workers)."""
+    """`map` function joining relative media paths to the media root (picklable, for DataLoader workers); a path
+    that escapes the root turns the row into an error placeholder (`prepare_example` raises it)."""
 
     def __init__(self, media_root: str) -> None:
         self.media_root = media_root
 
     def __call__(self, record: dict) -> dict:
-        return {"media": _resolve_media_path(record.get("media"), self.media_root)}
+        try:
+            media = resolve_media_path(record.get("media"), self.media_root, sample_id=record.get("id"))
+            return {"media": media, "_error": None, "_error_field": None, "_error_reason": None}
+        except InstVLSampleError as error:
+            return {"media": None, "_error": error.detail, "_error_field": error.field, "_error_reason": error.reason}
 
 
 def iter_json_records(paths: Sequence[str], media_root: str | None = None) -> Iterator[dict]:
@@ -126,7 +146,10 @@ def iter_json_records(paths: Sequence[str], media_root: str | None = None) -> It
                 rows = ((f"{os.path.basename(path)}[{i}]", row) for i, row in enumerate(rows))
             for where, row in rows:
                 if isinstance(row, dict) and "_error" not in row:
-                    row = dict(row, media=_resolve_media_path(row.get("media"), root))
+                    try:
+                        row = dict(row, media=resolve_media_path(row.get("media"), root, sample_id=row.get("id")))
+                    except InstVLSampleError as error:
+                        row = _bad_row(str(row.get("id", where)), error.detail, error.field, error.reason)
                 elif not isinstance(row, dict):
                     # Kept as a bad sample (counted and reported with where it is) instead of ending the split.
                     row = _bad_row(where, f"a record must be a JSON object, got {type(row).__name__}")

@@ -575,3 +575,19 @@ def test_teacher_position_table_grid(tmp_path):
     assert report.resized == [] and model.config.teacher_config.image_size == 40
     torch.testing.assert_close(model.distillation.teacher.vision_model.embeddings.position_embedding.weight, source)
     assert math.isclose(model.config.teacher_image_size, 32)
+
+
+def test_no_matching_preset_requires_a_config_instead_of_guessing_heads(tmp_path):
+    """Head counts are not in the shapes: a checkpoint no preset fits is refused without --config, never converted
+    with a guessed head count (a 4-head width-64 UMT once became a 1-head model)."""
+    sd = umt_stage2_tensors(seed=14)
+    last = V.num_hidden_layers - 1
+    shallower = {k: v for k, v in sd.items() if not k.startswith(f"vision_encoder.encoder.blocks.{last}.")}
+    with pytest.raises(ConversionError, match="do not determine the number of attention heads.*--config"):
+        convert_umt_checkpoint(shallower)
+    config = InstAPConfig.from_preset("tiny")
+    config.vision_config.num_hidden_layers = last
+    config.save_pretrained(tmp_path / "config")
+    model, report = convert_umt_checkpoint(shallower, config=str(tmp_path / "config"))
+    assert report.preset is None and len(model.instap.vision_model.encoder.layers) == last
+    assert model.config.vision_config.num_attention_heads == V.num_attention_heads

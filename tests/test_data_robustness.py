@@ -197,3 +197,47 @@ def test_fuzzed_processor_instances_raise_only_sample_errors(tokenizer, instance
         return
     if "instance_pixel_values" in batch:
         assert math.isfinite(float(batch["instance_pixel_values"].abs().sum()))
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Security: media paths stay inside the data root; FFmpeg opens no playlist
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_media_paths_cannot_escape_the_data_root(tmp_path, streaming):
+    root, outside = tmp_path / "data", tmp_path / "outside"
+    root.mkdir(), outside.mkdir()
+    for folder in (root, outside):
+        Image.new("RGB", (16, 16), (200, 10, 10)).save(folder / "a.png")
+    rows = [
+        {"id": "inside", "media_type": "image", "media": "a.png", "caption": "a red square"},
+        {"id": "dotdot", "media_type": "image", "media": "../outside/a.png", "caption": "a red square"},
+        {"id": "absolute", "media_type": "image", "media": str(outside / "a.png"), "caption": "a red square"},
+    ]
+    (root / "train.jsonl").write_text("\n".join(json.dumps(row) for row in rows) + "\n")
+    outcomes = []
+    for row in load_instvl(str(root), "train", streaming=streaming):
+        try:
+            outcomes.append(prepare_example(row, num_frames=1, load_instances=False).sample_id)
+        except InstVLSampleError as error:
+            outcomes.append((error.sample_id, error.field, error.reason))
+    assert outcomes == [
+        "inside", ("dotdot", "media", "unsafe_media_path"), ("absolute", "media", "unsafe_media_path")
+    ]
+
+
+def test_a_playlist_is_never_opened_whatever_its_name(tmp_path):
+    from media_utils import indexed_frames, write_video
+
+    from instap_processing.decoding import decode_video
+
+    write_video(indexed_frames(8), tmp_path / "secret.mp4", fps=8)
+    playlist = f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1.0,\n{tmp_path / 'secret.mp4'}\n#EXT-X-ENDLIST\n"
+    for name in ("list.m3u8", "innocent.mp4"):
+        (tmp_path / name).write_text(playlist)
+        with pytest.raises(InstVLSampleError) as caught:
+            decode_video(str(tmp_path / name), num_frames=2, sample_id="p")
+        assert caught.value.reason == "corrupt_media" and caught.value.sample_id == "p"
+    with pytest.raises(InstVLSampleError):
+        decode_video(playlist.encode(), num_frames=2, sample_id="p")
+    assert decode_video(str(tmp_path / "secret.mp4"), num_frames=2).total_num_frames == 8

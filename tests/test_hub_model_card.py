@@ -167,6 +167,16 @@ def test_generated_card_from_run_align_results(trained_folder):
     assert ModelCard.load(folder / "README.md").data.to_dict() == data.to_dict()
 
 
+def test_a_local_dataset_path_never_reaches_the_card(trained_folder, tmp_path):
+    """run_align passes --dataset_name_or_path on: a local folder (an absolute path of this machine) is no Hub id."""
+    _, folder = trained_folder
+    local = tmp_path / "my" / "instvl"
+    local.mkdir(parents=True)
+    card = generate_model_card(folder, repo_id="me/instap-tiny-run", dataset_id=str(local))
+    assert str(local) not in str(card) and str(tmp_path) not in str(card)
+    assert {r.dataset_type for r in check_card_metadata(card).eval_results} == {"instvl"}
+
+
 def test_generated_card_from_instap_eval_outputs_and_a_base_card(trained_folder, tmp_path):
     _, folder = trained_folder
     msrvtt = tmp_path / "msrvtt.json"

@@ -194,7 +194,36 @@ def test_truncated_faststart_video_fails_cleanly(tmp_path):
     data = path.read_bytes()
     with pytest.raises(InstVLSampleError) as info:
         decode_video(data[: len(data) // 2], num_frames=4, sample_id="x")
-    assert info.value.reason in ("corrupt_media", "zero_frames")
+    assert info.value.reason in ("corrupt_media", "zero_frames", "truncated_media")
+
+
+@pytest.mark.parametrize("container_format,codec", [("matroska", "libx264"), ("webm", "libvpx-vp9")])
+def test_a_video_cut_anywhere_is_never_a_silently_shorter_video(tmp_path, container_format, codec):
+    """Policy: a cut Matroska/WebM file (it still opens and demuxes, with fewer frames) is an error, never a shorter
+    clip: every cut either decodes all 12 frames (11: a last frame lost is within the rounding the check allows) or
+    raises a documented reason."""
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=8)
+        stream.width, stream.height, stream.pix_fmt = 32, 32, "yuv420p"
+        for frame in indexed_frames(12, height=32, width=32):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    data = buffer.getvalue()
+    assert decode_video(data, sample_id="full").total_num_frames == 12
+    outcomes = set()
+    for cut in range(1, len(data), max(1, len(data) // 60)):
+        try:
+            video = decode_video(data[:cut], num_frames=4, sample_id="cut")
+        except InstVLSampleError as error:
+            assert error.sample_id == "cut" and error.field == "media"
+            outcomes.add(error.reason)
+            continue
+        assert video.total_num_frames >= 11, cut
+        outcomes.add("complete")
+    assert "truncated_media" in outcomes and outcomes <= {"truncated_media", "corrupt_media", "zero_frames", "complete"}
 
 
 def test_missing_file(tmp_path):

@@ -182,3 +182,26 @@ def test_consecutive_nonfinite_steps_raise_before_a_broken_checkpoint(tmp_path):
     assert checkpoints == ["checkpoint-1", "checkpoint-2", "checkpoint-3"]
     last = InstAPForPreTraining.from_pretrained(os.path.join(tmp_path, "checkpoint-3"))
     assert all(torch.isfinite(p).all() for p in last.parameters())
+
+
+def test_resume_true_picks_the_newest_complete_checkpoint(tmp_path, caplog):
+    """A kill during a checkpoint write leaves `checkpoint-8/` with only the config and code: skip it, take 4."""
+    from instap_train.factory import resolve_resume_checkpoint
+
+    for step, files in ((4, ("model.safetensors", "trainer_state.json", "config.json")), (8, ("config.json",))):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        for name in files:
+            (folder / name).write_text("{}")
+    for value in (True, "True", "true"):
+        assert resolve_resume_checkpoint(value, str(tmp_path)) == str(tmp_path / "checkpoint-4")
+    assert "checkpoint-8" in caplog.text and "model weights" in caplog.text
+    for value in (None, False, "False", ""):
+        assert resolve_resume_checkpoint(value, str(tmp_path)) is None
+    assert resolve_resume_checkpoint(str(tmp_path / "checkpoint-4"), "unused") == str(tmp_path / "checkpoint-4")
+    with pytest.raises(ValueError, match="incomplete.*model weights, trainer_state.json"):
+        resolve_resume_checkpoint(str(tmp_path / "checkpoint-8"), "unused")
+    with pytest.raises(ValueError, match="not a folder"):
+        resolve_resume_checkpoint(str(tmp_path / "True-ish"), "unused")
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        resolve_resume_checkpoint(True, str(tmp_path / "checkpoint-8"))

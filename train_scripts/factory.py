@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import json
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 
@@ -372,3 +373,46 @@ __all__ = [
     "parse_script_arguments",
     "resolve_dataset",
 ]
+
+
+_CHECKPOINT_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+def missing_checkpoint_files(folder: str) -> list[str]:
+    """What a Trainer checkpoint folder lacks to be resumed from (a kill during the write leaves it partial)."""
+    missing = []
+    if not any(os.path.isfile(os.path.join(folder, name)) for name in _CHECKPOINT_WEIGHTS):
+        missing.append("model weights")
+    if not os.path.isfile(os.path.join(folder, "trainer_state.json")):
+        missing.append("trainer_state.json")
+    return missing
+
+
+def resolve_resume_checkpoint(value: str | bool | None, output_dir: str) -> str | None:
+    """The checkpoint `--resume_from_checkpoint` means: a path (checked complete), or, for `True` (as a flag value
+    the string "True"), the newest *complete* `checkpoint-N` of `output_dir`; partial ones are skipped with a
+    warning. `None`/"False": start fresh."""
+    if value is None or value is False or (isinstance(value, str) and value.strip().lower() in ("", "false")):
+        return None
+    if value is True or (isinstance(value, str) and value.strip().lower() == "true"):
+        pattern = re.compile(r"^checkpoint-(\d+)$")
+        found = sorted(
+            ((int(m.group(1)), name) for name in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+             if (m := pattern.match(name)) and os.path.isdir(os.path.join(output_dir, name))),
+            reverse=True,
+        )
+        for _, name in found:
+            folder = os.path.join(output_dir, name)
+            missing = missing_checkpoint_files(folder)
+            if not missing:
+                return folder
+            logger.warning(f"Skipping the incomplete checkpoint {folder} (no {', '.join(missing)}).")
+        raise ValueError(f"--resume_from_checkpoint True: no complete checkpoint-N folder in {output_dir!r}.")
+    folder = os.fspath(value)
+    if not os.path.isdir(folder):
+        raise ValueError(f"--resume_from_checkpoint {folder!r} is not a folder.")
+    missing = missing_checkpoint_files(folder)
+    if missing:
+        raise ValueError(f"--resume_from_checkpoint {folder!r} is incomplete (no {', '.join(missing)}).")
+    return folder
+

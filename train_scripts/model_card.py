@@ -170,7 +170,14 @@ def _looks_like_repo_id(value: str) -> bool:
     return bool(re.fullmatch(r"[\w.-]+/[\w.-]+", value)) and not os.path.exists(value)
 
 
+def hub_dataset_id(value: str | None) -> str | None:
+    """`value` when it is a Hub data set id (`namespace/name`, not a local folder); `None` for a local path, which
+    must never reach a card that is published."""
+    return value if value and _looks_like_repo_id(value) else None
+
+
 def _dataset_for(name: str, data: str | None, dataset_id: str | None) -> dict[str, str]:
+    dataset_id = hub_dataset_id(dataset_id)
     split = name.split()[-1] if name else name
     if split in INSTVL_SPLITS:
         source = dataset_id or (data if data and _looks_like_repo_id(data) else "instvl")

@@ -35,6 +35,7 @@ from instap_train.factory import (
     collate_eval_batches,
     parse_script_arguments,
     resolve_dataset,
+    resolve_resume_checkpoint,
 )
 from instap_train.reporting import chance_mean_recall, format_table, plot_training_curves
 from modeling_instap import InstAPForMaskedVideoModeling, InstAPForPreTraining
@@ -184,7 +185,9 @@ def main(argv: list[str] | None = None) -> dict:
         eval_data_collator=InstAPDataCollator(processor, text=True, instances=False, training=False),
         processing_class=processor,
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    train_result = trainer.train(
+        resume_from_checkpoint=resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    )
     trainer.save_model()
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)

@@ -20,6 +20,7 @@ from instap_train.factory import (
     build_train_dataset,
     parse_script_arguments,
     resolve_dataset,
+    resolve_resume_checkpoint,
 )
 from modeling_instap import InstAPForMaskedVideoModeling
 
@@ -69,7 +70,9 @@ def main(argv: list[str] | None = None):
         train_dataset=train_dataset,
         data_collator=InstAPDataCollator(processor, text=False, instances=False, training=True),
     )
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(
+        resume_from_checkpoint=resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
+    )
     trainer.save_model()
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
