@@ -254,8 +254,8 @@ def instance_retrieval(
             crops alone (how global-only models such as UMT are evaluated).
 
     The crop of instance i is the query for its own caption i ("video" side = crops, "text" side = captions);
-    re-ranking uses the matching head with the instance VTM context (the raw pooled crop embedding, or all crop
-    tokens, per `config.instance_vtm_context`). With `identical_texts_match`, a crop whose caption is word for word
+    re-ranking uses the matching head with the instance VTM context (`InstAPModel.instance_matching_context`, per
+    `config.instance_vtm_context`; the crop alone gives its pooled embedding or its tokens). With `identical_texts_match`, a crop whose caption is word for word
     another instance's caption is correctly retrieved by either (many instances share a description).
     """
     import time
@@ -274,12 +274,13 @@ def instance_retrieval(
         if use_attention_pool:
             scenes = backbone.vision_model(batch["pixel_values"].to(device)).last_hidden_state
             instances = backbone.encode_instances(crops, scenes, batch["instance_sample_index"].to(device))
-            embeds, crop_tokens = instances.instance_embeds, instances.crop_hidden_states
-        else:
+            embeds, context = instances.instance_embeds, backbone.instance_matching_context(instances)
+        else:  # the crop alone (global-only models): its pooled embedding or its tokens
             video = backbone.get_video_features(crops)
             embeds, crop_tokens = video.pooler_output, video.last_hidden_state
+            context = crop_tokens.mean(dim=1, keepdim=True) if pooled_context else crop_tokens
         crop_embeds.append(embeds.float().cpu())
-        contexts.append((crop_tokens.mean(dim=1, keepdim=True) if pooled_context else crop_tokens).cpu())
+        contexts.append(context.cpu())
         text = backbone.get_text_features(
             batch["instance_input_ids"].to(device), batch["instance_attention_mask"].to(device)
         )

@@ -249,7 +249,9 @@ class InstAPConfig(PreTrainedConfig):
         max_instances_per_sample (`int`, defaults to 4): cap on the instances of one sample entering a step.
         crop_size (`int`, *optional*): side of the crop clips; defaults to the video encoder's `image_size`.
         instance_vtm_context (`str`, defaults to `"pooled"`): visual context of the instance VTM: the raw pooled crop
-            embedding as one token (the paper's Eq. 9) or all crop tokens (`"tokens"`).
+            embedding as one token (the paper's Eq. 9), all crop tokens (`"tokens"`), or the crop tokens after the
+            attention pool over the scene (`"attention_pool"`, Z of Eq. 5, which also sees what the crop's surroundings
+            show, as the captions' "left of the blue square" or "in the top left" need).
         attention_pool_num_heads (`int`, *optional*): heads of the instance attention pool (video encoder heads by
             default).
         eval_frame_pooling (`str`, defaults to `"frames"`): at evaluation (no mask), pool each frame and average the
@@ -299,7 +301,7 @@ class InstAPConfig(PreTrainedConfig):
     crop_mask_strategy: Literal["random", "teacher", "none"] = "random"
     max_instances_per_sample: int = 4
     crop_size: int | None = None
-    instance_vtm_context: Literal["pooled", "tokens"] = "pooled"
+    instance_vtm_context: Literal["pooled", "tokens", "attention_pool"] = "pooled"
     attention_pool_num_heads: int | None = None
     eval_frame_pooling: Literal["frames", "video"] = "frames"
     grounding_hidden_size: int | None = None
@@ -335,7 +337,7 @@ class InstAPConfig(PreTrainedConfig):
         _check_choice(self, "global_same_source", ("positive", "exclude"))
         _check_choice(self, "instance_same_source", ("positive", "exclude"))
         _check_choice(self, "crop_mask_strategy", ("random", "teacher", "none"))
-        _check_choice(self, "instance_vtm_context", ("pooled", "tokens"))
+        _check_choice(self, "instance_vtm_context", ("pooled", "tokens", "attention_pool"))
         _check_choice(self, "eval_frame_pooling", ("frames", "video"))
         _check_fraction(self, "video_mask_ratio")
         _check_fraction(self, "image_mask_ratio")

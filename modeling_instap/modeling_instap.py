@@ -1107,6 +1107,16 @@ class InstAPModel(InstAPPreTrainedModel):
             instance_embeds=instance_embeds,
         )
 
+    def instance_matching_context(self, instances: InstAPInstanceOutput) -> torch.Tensor:
+        """The video tokens the matching head fuses with an instance caption (`config.instance_vtm_context`):
+        `(instances, 1, width)` for `"pooled"`, `(instances, crop_tokens, width)` otherwise."""
+        context = self.config.instance_vtm_context
+        if context == "pooled":
+            return instances.crop_pooled[:, None, :]
+        if context == "attention_pool":
+            return instances.pooled_hidden_states
+        return instances.crop_hidden_states
+
     @can_return_tuple
     def forward(
         self,
@@ -1448,12 +1458,12 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         with torch.no_grad():
             similarity = instances.instance_embeds @ caption_embeds.t() / instance_temperature
             exclude = instance_source_id[:, None] == instance_source_id[None, :]
-        if config.instance_vtm_context == "pooled":
-            context = instances.crop_pooled[:, None, :]
-        else:
-            context = instances.crop_hidden_states
         terms["inst_vtm"] = self._matching_loss(
-            context, text_outputs.last_hidden_state, instance_attention_mask, similarity, exclude
+            self.instap.instance_matching_context(instances),
+            text_outputs.last_hidden_state,
+            instance_attention_mask,
+            similarity,
+            exclude,
         )
         if config.lambda_inst > 0 and config.lambda_inst_mlm > 0:
             terms["inst_mlm"] = self._masked_language_loss(

@@ -47,9 +47,11 @@ class InstAPDataCollator:
         self.max_length = max_length
 
     def __call__(self, examples: Sequence[InstVLExample | None]) -> dict[str, torch.Tensor]:
-        examples = [
-            example for example in examples if example is not None
-        ]  # map-style datasets skip bad samples
+        # Map-style datasets give `None` for a bad sample, streams count theirs on the next good one: the batch
+        # carries both as `num_skipped_samples` (the trainer totals it across workers and ranks).
+        skipped = sum(example is None for example in examples)
+        examples = [example for example in examples if example is not None]
+        skipped += sum(example.skipped_before for example in examples)
         if not examples:
             raise RuntimeError(
                 "Every sample of this batch was bad and skipped; see the logged InstVLSampleError messages."
@@ -63,9 +65,10 @@ class InstAPDataCollator:
             )
         videos = [example.video for example in examples]
         augment: dict[str, Any] = {"do_train_augment": self.training}
+        num_skipped = torch.tensor(skipped, dtype=torch.long)
         if not self.text and not self.instances:
             output = self.processor.video_processor(videos, **augment)
-            return {"pixel_values": output["pixel_values"]}
+            return {"pixel_values": output["pixel_values"], "num_skipped_samples": num_skipped}
 
         output = self.processor(
             videos=videos,
@@ -76,4 +79,6 @@ class InstAPDataCollator:
             max_length=self.max_length,
             **augment,
         )
-        return {key: value for key, value in output.items() if isinstance(value, torch.Tensor)}
+        batch = {key: value for key, value in output.items() if isinstance(value, torch.Tensor)}
+        batch["num_skipped_samples"] = num_skipped
+        return batch

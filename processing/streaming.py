@@ -71,6 +71,10 @@ class InstVLExample:
     caption: str
     instances: list[InstVLInstance] = field(default_factory=list)
     epoch: int = 0
+    # Bad samples this worker skipped since its previous good one: the count travels with the batches to the main
+    # process, so the trainer's total covers every worker (skips after a worker's last good sample of a pass are the
+    # only ones it never sees).
+    skipped_before: int = 0
 
 
 class BadSampleTracker:
@@ -378,9 +382,11 @@ class InstVLIterableDataset(IterableDataset):
         return itertools.islice(records, worker.id, None, worker.num_workers)
 
     def _examples(self, tracker: BadSampleTracker) -> Iterator[InstVLExample]:
+        counted = 0
         for raw in self._records_of_this_worker():
             example = _prepare_or_skip(self, raw, tracker)
             if example is not None:
+                example.skipped_before, counted = tracker.num_bad - counted, tracker.num_bad
                 yield example
         tracker.check_end_of_stream()
 

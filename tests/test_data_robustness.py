@@ -241,3 +241,56 @@ def test_a_playlist_is_never_opened_whatever_its_name(tmp_path):
     with pytest.raises(InstVLSampleError):
         decode_video(playlist.encode(), num_frames=2, sample_id="p")
     assert decode_video(str(tmp_path / "secret.mp4"), num_frames=2).total_num_frames == 8
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Counting: one global total of skipped samples, whatever the worker count
+
+
+@pytest.fixture(scope="module")
+def corrupted_image_split(tmp_path_factory):
+    """24 synthetic image records as JSONL with media files, 5 of them corrupted (garbage, truncated, missing)."""
+    from instap_processing.synthetic import SyntheticConfig, generate_split, write_jsonl_split
+
+    root = tmp_path_factory.mktemp("bad_data")
+    config = SyntheticConfig(seed=3, video_fraction=0.0, num_samples={"train": 24})
+    write_jsonl_split(str(root), "train", list(generate_split("train", 24, config)))
+    records = [json.loads(line) for line in (root / "train.jsonl").read_text().splitlines()]
+    corrupted = records[1::5]  # 5 records
+    for number, record in enumerate(corrupted):
+        media = root / record["media"]
+        if number % 3 == 0:
+            media.write_bytes(b"\x00garbage" * 10)
+        elif number % 3 == 1:
+            media.write_bytes(media.read_bytes()[:40])
+        else:
+            media.unlink()
+    return str(root), len(records), len(corrupted)
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_training_counts_every_skipped_sample_once_over_workers(corrupted_image_split, tmp_path, workers, capsys):
+    from instap_train.run_align import main as run_align
+
+    root, total, bad = corrupted_image_split
+    run_align([
+        "--dataset_name_or_path", root, "--preset", "tiny", "--output_dir", str(tmp_path / "run"),
+        "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--dataloader_num_workers", str(workers),
+        "--eval_splits", "", "--report_to", "none", "--save_strategy", "no", "--logging_steps", "1", "--use_cpu",
+        "--num_frames", "1", "--max_bad_fraction", "0.5",
+    ])
+    assert f"Bad samples skipped in training (all workers and processes): {bad} of {total} read." in capsys.readouterr().out
+
+
+def test_the_bad_fraction_cap_is_global(corrupted_image_split, tmp_path):
+    from instap_processing import TooManyBadSamplesError
+    from instap_train.run_align import main as run_align
+
+    root, _, _ = corrupted_image_split  # 5 of 24 bad: over a 10 % cap once 12 samples were read
+    with pytest.raises(TooManyBadSamplesError, match="max_bad_fraction"):
+        run_align([
+            "--dataset_name_or_path", root, "--preset", "tiny", "--output_dir", str(tmp_path / "run"),
+            "--num_train_epochs", "1", "--per_device_train_batch_size", "4", "--dataloader_num_workers", "2",
+            "--eval_splits", "", "--report_to", "none", "--save_strategy", "no", "--use_cpu", "--num_frames", "1",
+            "--max_bad_fraction", "0.1", "--min_samples_for_bad_fraction", "12",
+        ])

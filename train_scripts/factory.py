@@ -93,7 +93,12 @@ class DataArguments:
     synthetic_num_train: int = 512
     synthetic_num_test: int = 128
     max_bad_samples: int = 1000
-    max_bad_fraction: float = 0.1
+    max_bad_fraction: float = field(
+        default=0.1,
+        metadata={"help": "Stop when more than this share of the samples read were bad (over every DataLoader worker "
+                  "and the whole run), once min_samples_for_bad_fraction were read."},
+    )
+    min_samples_for_bad_fraction: int = 50
     torch_num_threads: int | None = field(
         default=None,
         metadata={"help": "Intra-op threads of this process (torch.set_num_threads). Default: torch's own. On a small "
@@ -328,14 +333,25 @@ def build_train_dataset(dataset: str, data_args: DataArguments, num_frames: int,
         max_instances_per_sample=max_instances_per_sample,
         require_caption=stage == 2,
         load_instances=stage == 2,
-        max_bad_samples=data_args.max_bad_samples,
-        max_bad_fraction=data_args.max_bad_fraction,
+        # The caps are the trainer's, on counts over all workers (`trainer_bad_sample_caps`): per worker they would
+        # mean something else for each worker count.
+        max_bad_samples=None,
+        max_bad_fraction=None,
     )
     records = load_instvl(dataset, data_args.train_split, media_root=data_args.media_root, streaming=data_args.streaming)
     if data_args.streaming:
         # accelerate shards the stream across ranks (dispatch_batches=False); never split_dataset_by_node as well.
         return InstVLIterableDataset(records, batch_size=batch_size, **common)
     return InstVLMapDataset(records, **common)
+
+
+def trainer_bad_sample_caps(data_args: DataArguments) -> dict:
+    """The trainer arguments that stop a run whose data is mostly bad (counted over every DataLoader worker)."""
+    return {
+        "max_bad_samples": data_args.max_bad_samples,
+        "max_bad_fraction": data_args.max_bad_fraction,
+        "min_samples_for_fraction": data_args.min_samples_for_bad_fraction,
+    }
 
 
 def build_eval_dataset(dataset: str, split: str, data_args: DataArguments, num_frames: int) -> InstVLMapDataset:

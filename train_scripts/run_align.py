@@ -36,6 +36,7 @@ from instap_train.factory import (
     parse_script_arguments,
     resolve_dataset,
     resolve_resume_checkpoint,
+    trainer_bad_sample_caps,
 )
 from instap_train.reporting import chance_mean_recall, format_table, plot_training_curves
 from modeling_instap import InstAPForMaskedVideoModeling, InstAPForPreTraining
@@ -184,6 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         data_collator=InstAPDataCollator(processor, text=True, instances=True, training=True),
         eval_data_collator=InstAPDataCollator(processor, text=True, instances=False, training=False),
         processing_class=processor,
+        **trainer_bad_sample_caps(data_args),
     )
     train_result = trainer.train(
         resume_from_checkpoint=resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
@@ -192,6 +194,7 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
 
+    skipped, seen = trainer.global_sample_counts()  # a collective: every rank
     results = {}
     if trainer.is_world_process_zero():
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
@@ -215,6 +218,7 @@ def main(argv: list[str] | None = None) -> dict:
         curves = plot_training_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png"))
         summary.append(f"Model, processor, results (eval_results.json, retrieval.md){', curves (training_curves.png)' if curves else ''} "
                        f"written to {output_dir}.")
+        summary.append(f"Bad samples skipped in training (all workers and processes): {skipped} of {seen} read.")
         if trainer.dropped_instances:
             summary.append(f"Instances left out in training (under {processor.min_visible_box_fraction:.0%} of the box in "
                            f"view after augmentation): {trainer.dropped_instances}.")

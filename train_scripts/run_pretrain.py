@@ -21,6 +21,7 @@ from instap_train.factory import (
     parse_script_arguments,
     resolve_dataset,
     resolve_resume_checkpoint,
+    trainer_bad_sample_caps,
 )
 from modeling_instap import InstAPForMaskedVideoModeling
 
@@ -69,14 +70,17 @@ def main(argv: list[str] | None = None):
         args=training_args,
         train_dataset=train_dataset,
         data_collator=InstAPDataCollator(processor, text=False, instances=False, training=True),
+        **trainer_bad_sample_caps(data_args),
     )
     result = trainer.train(
         resume_from_checkpoint=resolve_resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
     )
     trainer.save_model()
+    skipped, seen = trainer.global_sample_counts()  # a collective: every rank
     if trainer.is_world_process_zero():
         processor.save_pretrained(training_args.output_dir)
-        print(f"stage 1: {result.global_step} steps, final reconstruction loss {result.training_loss:.4f}")
+        print(f"stage 1: {result.global_step} steps, final reconstruction loss {result.training_loss:.4f}; bad samples "
+              f"skipped: {skipped} of {seen} read")
     return result
 
 

@@ -20,6 +20,8 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.utils import logging
 
+from instap_processing.errors import TooManyBadSamplesError
+
 logger = logging.get_logger(__name__)
 
 STAGE2_LOSS_TERMS = ("rec", "vtc", "vtm", "mlm", "inst_vtc", "inst_vtm", "inst_mlm")
@@ -40,7 +42,15 @@ class _InstAPTrainer(Trainer):
 
     loss_terms: Sequence[str] = ()
 
-    def __init__(self, *args, max_consecutive_nonfinite: int = 10, **kwargs):
+    def __init__(
+        self,
+        *args,
+        max_consecutive_nonfinite: int = 10,
+        max_bad_samples: int | None = None,
+        max_bad_fraction: float | None = None,
+        min_samples_for_fraction: int = 50,
+        **kwargs,
+    ):
         training_args = kwargs["args"] if "args" in kwargs else (args[1] if len(args) > 1 else None)
         if training_args is not None and training_args.ddp_find_unused_parameters is None:
             # Which parameters get a gradient depends on the batch (without instances the attention pool and
@@ -60,6 +70,13 @@ class _InstAPTrainer(Trainer):
         self._skip_optimizer_step = False
         # Instances the processor left out (box mostly out of view after augmentation), this process, since start.
         self.dropped_instances = 0
+        # Bad samples skipped by the data (every DataLoader worker of this process; the batches carry the counts)
+        # and samples seen, this process, since start. The caps apply to these, whatever the worker count.
+        self.skipped_samples = 0
+        self.samples_seen = 0
+        self.max_bad_samples = max_bad_samples
+        self.max_bad_fraction = max_bad_fraction
+        self.min_samples_for_fraction = min_samples_for_fraction
 
     def create_optimizer(self, model=None):
         """The Trainer's AdamW, whose `step` is skipped after a non-finite loss in its accumulation window.
@@ -144,8 +161,10 @@ class _InstAPTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         dropped = inputs.pop("num_dropped_instances", None)
-        if dropped is not None and model.training:
-            self.dropped_instances += int(dropped)
+        skipped = inputs.pop("num_skipped_samples", None)
+        if model.training:
+            self.dropped_instances += int(dropped) if dropped is not None else 0
+            self._count_samples(int(skipped) if skipped is not None else 0, int(inputs["pixel_values"].shape[0]))
         outputs = model(**inputs)
         loss = outputs.loss
         if model.training:
@@ -195,6 +214,31 @@ class _InstAPTrainer(Trainer):
         # A zero that still touches every trainable parameter, so DDP's reducer sees all of them.
         return sum((param * 0.0).sum() for param in model.parameters() if param.requires_grad)
 
+    def _count_samples(self, skipped: int, good: int) -> None:
+        self.skipped_samples += skipped
+        self.samples_seen += skipped + good
+        if self.max_bad_samples is not None and self.skipped_samples > self.max_bad_samples:
+            raise TooManyBadSamplesError(
+                f"{self.skipped_samples} bad samples skipped (cap max_bad_samples={self.max_bad_samples}); see the "
+                "logged InstVLSampleError messages."
+            )
+        if (
+            self.max_bad_fraction is not None
+            and self.samples_seen >= self.min_samples_for_fraction
+            and self.skipped_samples / self.samples_seen > self.max_bad_fraction
+        ):
+            raise TooManyBadSamplesError(
+                f"{self.skipped_samples} of {self.samples_seen} samples were bad "
+                f"({self.skipped_samples / self.samples_seen:.0%} > max_bad_fraction={self.max_bad_fraction:.0%})."
+            )
+
+    def global_sample_counts(self) -> tuple[int, int]:
+        """(skipped, seen) summed over processes (a collective under DDP)."""
+        counts = torch.tensor([float(self.skipped_samples), float(self.samples_seen)], dtype=torch.float64)
+        if self.accelerator.num_processes > 1:
+            counts = self.accelerator.reduce(counts.to(self.accelerator.device), reduction="sum").cpu()
+        return int(counts[0]), int(counts[1])
+
     def _record_terms(self, outputs) -> None:
         for index, name in enumerate(self.loss_terms):
             value = outputs.get(f"loss_{name}")
@@ -209,11 +253,12 @@ class _InstAPTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log (evaluation logs carry eval_* keys)
             sums, counts = self._term_sums.clone(), self._term_counts.clone()
-            dropped = torch.tensor([float(self.dropped_instances)], dtype=torch.float64)
+            extra = torch.tensor([float(self.dropped_instances), float(self.skipped_samples)], dtype=torch.float64)
             if self.accelerator.num_processes > 1:
-                stacked = torch.cat([sums, counts, dropped]).to(self.accelerator.device)
+                stacked = torch.cat([sums, counts, extra]).to(self.accelerator.device)
                 stacked = self.accelerator.reduce(stacked, reduction="sum").cpu()
-                sums, counts, dropped = stacked[: len(sums)], stacked[len(sums) : -1], stacked[-1:]
+                sums, counts, extra = stacked[: len(sums)], stacked[len(sums) : -2], stacked[-2:]
+            dropped, skipped = extra[:1], extra[1:]
             for index, name in enumerate(self.loss_terms):
                 if counts[index] > 0:
                     logs[f"loss_{name}"] = round(float(sums[index] / counts[index]), 4)
@@ -222,6 +267,7 @@ class _InstAPTrainer(Trainer):
                 logs["nonfinite_steps"] = self.nonfinite_steps
             if dropped.item():
                 logs["dropped_instances"] = int(dropped.item())
+            logs["skipped_samples"] = int(skipped.item())  # total since the start, over workers and processes
             self._term_sums.zero_()
             self._term_counts.zero_()
         super().log(logs, start_time)
