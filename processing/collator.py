@@ -65,6 +65,8 @@ class InstAPDataCollator:
             )
         videos = [example.video for example in examples]
         augment: dict[str, Any] = {"do_train_augment": self.training}
+        if self.training and all(example.augment_seed is not None for example in examples):
+            augment["augment_seeds"] = [example.augment_seed for example in examples]
         num_skipped = torch.tensor(skipped, dtype=torch.long)
         if not self.text and not self.instances:
             output = self.processor.video_processor(videos, **augment)

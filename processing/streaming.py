@@ -31,6 +31,7 @@ propagates.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import random
@@ -71,6 +72,9 @@ class InstVLExample:
     caption: str
     instances: list[InstVLInstance] = field(default_factory=list)
     epoch: int = 0
+    # Seed of this sample's random augmentation (crop, flip) this epoch: from (seed, epoch, id), not from any global
+    # RNG, so that what a step sees does not depend on process history (a resumed run sees the same data).
+    augment_seed: int | None = None
     # Bad samples this worker skipped since its previous good one: the count travels with the batches to the main
     # process, so the trainer's total covers every worker (skips after a worker's last good sample of a pass are the
     # only ones it never sees).
@@ -145,6 +149,12 @@ class BadSampleTracker:
         return {"seen": self.num_seen, "bad": self.num_bad, "by_reason": dict(self.reasons)}
 
 
+def augment_seed(seed: int, epoch: int, sample_id: str, purpose: str) -> int:
+    """A 63-bit seed for one sample's random draws of one kind (`"frames"`, `"crop"`) in one epoch."""
+    digest = hashlib.sha256(f"{purpose}\x1f{seed}\x1f{epoch}\x1f{sample_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 def select_instances(
     instances: Sequence[InstVLInstance], max_instances: int | None, *, seed: int, epoch: int, sample_id: str
 ) -> list[InstVLInstance]:
@@ -183,11 +193,15 @@ def prepare_example(
             raw = {key: value for key, value in raw.items() if key != "instances"}
         record = parse_record(raw, require_caption=require_caption)
     try:
+        frames_generator = None
+        if frame_sampling == "rand":
+            frames_generator = torch.Generator().manual_seed(augment_seed(seed, epoch, record.id, "frames"))
         video = decode_media(
             record.media,
             record.media_type,
             num_frames=num_frames,
             sampling=frame_sampling,
+            generator=frames_generator,
             num_threads=decode_threads,
             sample_id=record.id,
         )
@@ -206,6 +220,7 @@ def prepare_example(
         caption=record.caption,
         instances=instances,
         epoch=epoch,
+        augment_seed=augment_seed(seed, epoch, record.id, "crop"),
     )
 
 

@@ -51,6 +51,9 @@ class InstAPVideosKwargs(VideosKwargs, total=False):
         `{"height", "width"}` of instance crops; `None` means the model input size `size`.
     return_frame_transforms (`bool`, *optional*):
         Also return the [`FrameTransform`] of each clip under `frame_transforms` (to map boxes).
+    augment_seeds (`list[int]`, *optional*):
+        One seed per clip for its random resized crop and flip (the data pipeline derives them from the seed, the
+        epoch and the sample id, so a resumed run sees the same augmentation); `None` draws from torch's global RNG.
     """
 
     do_train_augment: bool | None
@@ -61,6 +64,7 @@ class InstAPVideosKwargs(VideosKwargs, total=False):
     patch_size: int | None
     instance_crop_size: dict[str, int] | None
     return_frame_transforms: bool | None
+    augment_seeds: list[int] | None
 
 
 def _looks_like_image(source: Any) -> bool:
@@ -386,6 +390,7 @@ class InstAPVideoProcessor(BaseVideoProcessor):
         random_resized_crop_ratio: Sequence[float] | None = None,
         flip_probability: float | None = None,
         return_frame_transforms: bool | None = None,
+        augment_seeds: Sequence[int] | None = None,
         **kwargs,
     ) -> BatchFeature:
         check_processing_values(
@@ -404,9 +409,12 @@ class InstAPVideoProcessor(BaseVideoProcessor):
         else:
             interpolation = resample if resample is not None else tvF.InterpolationMode.BILINEAR
 
+        if augment_seeds is not None and len(augment_seeds) != len(videos):
+            raise ValueError(f"augment_seeds has {len(augment_seeds)} seeds for {len(videos)} clips.")
         transforms: list[FrameTransform] = []
         processed: list[torch.Tensor] = []
-        for video in videos:
+        for position, video in enumerate(videos):
+            generator = None if augment_seeds is None else torch.Generator().manual_seed(int(augment_seeds[position]))
             source_size = (int(video.shape[-2]), int(video.shape[-1]))
             if do_resize:
                 transform = get_frame_transform(
@@ -418,6 +426,7 @@ class InstAPVideoProcessor(BaseVideoProcessor):
                     flip_probability=float(
                         self.flip_probability if flip_probability is None else flip_probability
                     ),
+                    generator=generator,
                 )
             else:
                 transform = FrameTransform(*source_size, 0, 0, *source_size, *source_size, flip=False)

@@ -205,3 +205,48 @@ def test_resume_true_picks_the_newest_complete_checkpoint(tmp_path, caplog):
         resolve_resume_checkpoint(str(tmp_path / "True-ish"), "unused")
     with pytest.raises(ValueError, match="no complete checkpoint"):
         resolve_resume_checkpoint(True, str(tmp_path / "checkpoint-8"))
+
+
+@pytest.fixture(scope="module")
+def synthetic_instvl(tmp_path_factory):
+    from instap_train.demo_data import ensure_synthetic_instvl
+
+    return ensure_synthetic_instvl(str(tmp_path_factory.mktemp("instvl")), num_train=24, num_test=4)
+
+
+def _real_pipeline_trainer(output_dir, dataset_dir, workers, model_seed=0, callbacks=()):
+    """The scripts' data path: InstVL records decoded in `workers` DataLoader workers, the real processor with
+    random frame sampling, random resized crop and flip, caption sub-sampling and instance crops."""
+    from instap_processing import InstAPDataCollator, load_instvl
+    from instap_train.demo_data import build_caption_tokenizer
+    from instap_train.factory import DataArguments, build_processor, build_train_dataset
+
+    config = InstAPConfig.from_preset("tiny")
+    tokenizer = build_caption_tokenizer(load_instvl(dataset_dir, "train", streaming=False), os.path.join(output_dir, "tok"))
+    processor = build_processor(config, tokenizer, num_frames=4, max_length=16)
+    dataset = build_train_dataset(dataset_dir, DataArguments(), 4, 4, seed=0, max_instances_per_sample=2, stage=2)
+    args = align_training_arguments(
+        output_dir, max_steps=TOTAL_STEPS, save_strategy="steps", save_steps=SAVE_EVERY, per_device_train_batch_size=4,
+        dataloader_num_workers=workers, data_seed=0,
+    )
+    torch.manual_seed(model_seed)
+    return InstAPAlignTrainer(
+        model=InstAPForPreTraining(config), args=args, train_dataset=dataset,
+        data_collator=InstAPDataCollator(processor, text=True, instances=True, training=True), callbacks=list(callbacks),
+    )
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_is_exact_with_random_augmentation(tmp_path, synthetic_instvl, workers):
+    """Frame sampling, crop and flip are drawn from (seed, epoch, sample id): the batch collated right after a resume
+    (before the Trainer restores its RNG) is the one the uninterrupted run saw."""
+    full = _real_pipeline_trainer(str(tmp_path / "full"), synthetic_instvl, workers)
+    full.train()
+    reference = {n: p.detach().clone() for n, p in full.model.named_parameters()}
+    crashed = _real_pipeline_trainer(str(tmp_path / "crashed"), synthetic_instvl, workers, callbacks=[StopAfterStep(3)])
+    crashed.train()
+    resumed = _real_pipeline_trainer(str(tmp_path / "crashed"), synthetic_instvl, workers, model_seed=123)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "crashed" / f"checkpoint-{SAVE_EVERY}"))
+    assert _step_losses(resumed) == pytest.approx(_step_losses(full), rel=1e-6, abs=1e-7)
+    for name, param in resumed.model.named_parameters():
+        torch.testing.assert_close(param.detach(), reference[name], rtol=1e-6, atol=1e-7, msg=name)
