@@ -252,6 +252,9 @@ class InstAPConfig(PreTrainedConfig):
             embedding as one token (the paper's Eq. 9), all crop tokens (`"tokens"`), or the crop tokens after the
             attention pool over the scene (`"attention_pool"`, Z of Eq. 5, which also sees what the crop's surroundings
             show, as the captions' "left of the blue square" or "in the top left" need).
+        exclude_identical_texts (`bool`, defaults to `False`): captions with the same tokens are never negatives of
+            each other: not drawn as VTM hard negatives (global and instance), and out of the instance VTC's
+            denominators. METHOD does not do this (False); data whose short captions repeat across samples needs it.
         attention_pool_num_heads (`int`, *optional*): heads of the instance attention pool (video encoder heads by
             default).
         eval_frame_pooling (`str`, defaults to `"frames"`): at evaluation (no mask), pool each frame and average the
@@ -302,6 +305,7 @@ class InstAPConfig(PreTrainedConfig):
     max_instances_per_sample: int = 4
     crop_size: int | None = None
     instance_vtm_context: Literal["pooled", "tokens", "attention_pool"] = "pooled"
+    exclude_identical_texts: bool = False
     attention_pool_num_heads: int | None = None
     eval_frame_pooling: Literal["frames", "video"] = "frames"
     grounding_hidden_size: int | None = None

@@ -184,6 +184,7 @@ def contrastive_loss(
     temperature: Tensor | float,
     source_ids: Tensor | None = None,
     same_source: str = "positive",
+    exclude_pairs: Tensor | None = None,
 ) -> Tensor:
     """Symmetric InfoNCE between paired video and text embeddings (METHOD Eq. 2 and Eq. 8).
 
@@ -197,6 +198,8 @@ def contrastive_loss(
             ``q_ij = 1[s_i = s_j] / sum_k 1[s_i = s_k]``;
             ``"exclude"`` (instance VTC, Eq. 8): for ``i != j`` they are removed from the denominator
             (logit set to ``-inf``) and the target is the diagonal.
+        exclude_pairs: optional ``(N, N)`` bool of further off-diagonal pairs removed from both denominators
+            (e.g. ``identical_texts``: a caption shared by two samples is no negative of either).
 
     Formula, with logits ``l = v @ t.T / tau`` (``(N, N)``)::
 
@@ -230,6 +233,11 @@ def contrastive_loss(
         logits = _fp32(video_embeds) @ _fp32(text_embeds).t() / temperature
         targets = torch.arange(n, device=logits.device)
 
+        if exclude_pairs is not None:
+            if exclude_pairs.shape != (n, n):
+                raise ValueError(f"exclude_pairs must have shape ({n}, {n}), got {tuple(exclude_pairs.shape)}")
+            off_diagonal = exclude_pairs.to(torch.bool) & ~torch.eye(n, dtype=torch.bool, device=logits.device)
+            logits = logits.masked_fill(off_diagonal, float("-inf"))
         if source_ids is None:
             return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
 
@@ -248,6 +256,16 @@ def contrastive_loss(
         loss_v2t = F.cross_entropy(logits.masked_fill(drop, neg_inf), targets)
         loss_t2v = F.cross_entropy(logits.t().masked_fill(drop.t(), neg_inf), targets)
         return (loss_v2t + loss_t2v) / 2
+
+
+def identical_texts(input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:
+    """``(N, N)`` bool: whether captions ``i`` and ``j`` are the same token sequence (padding ignored).
+
+    Two samples with the same caption are not negatives of each other for that text; left in, they become VTM hard
+    negatives (the head is taught that a matching pair does not match) and false negatives of the contrastive loss.
+    """
+    ids = input_ids if attention_mask is None else input_ids.masked_fill(attention_mask == 0, -1)
+    return (ids[:, None, :] == ids[None, :, :]).all(dim=-1)
 
 
 @torch.no_grad()

@@ -43,6 +43,7 @@ from .losses import (
     contrastive_loss,
     gather_counts,
     gather_without_grad,
+    identical_texts,
     mask_tokens_for_mlm,
     matching_loss,
     mlm_loss,
@@ -1378,7 +1379,8 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
                     )
                 else:
                     terms["inst_vtc"] = self._instance_contrastive_without_local_rows(
-                        instance_temperature, instance_counts, device
+                        instance_temperature, instance_counts, device,
+                        text_length=input_ids.shape[1] if input_ids is not None else 0,
                     )
 
         return InstAPForPreTrainingOutput(
@@ -1414,6 +1416,8 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
             )
         }
         same_source = source_ids[:, None] == source_ids[None, :]
+        if config.exclude_identical_texts:
+            same_source = same_source | identical_texts(input_ids, attention_mask)
         terms["vtm"] = self._matching_loss(
             video_tokens, text_outputs.last_hidden_state, attention_mask, logits_per_video.detach(), same_source
         )
@@ -1444,6 +1448,12 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
             input_ids=instance_input_ids, attention_mask=instance_attention_mask, mode="text", return_dict=True
         )
         caption_embeds = F.normalize(self.instap.text_projection(text_outputs.pooler_output), dim=-1)
+        same_text = gathered_same_text = None
+        if config.exclude_identical_texts:
+            same_text = identical_texts(instance_input_ids, instance_attention_mask)
+            masked_ids = instance_input_ids.masked_fill(instance_attention_mask == 0, -1)
+            gathered_ids = all_gather_variable(masked_ids, instance_counts, with_grad=False)
+            gathered_same_text = identical_texts(gathered_ids)
         terms = {
             # Instance counts differ between ranks: gather with padding.
             "inst_vtc": contrastive_loss(
@@ -1452,12 +1462,15 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
                 instance_temperature,
                 source_ids=all_gather_variable(instance_source_id, instance_counts, with_grad=False),
                 same_source=config.instance_same_source,
+                exclude_pairs=gathered_same_text,
             )
         }
         # Hard negatives never come from the same source sample (nor the positive itself).
         with torch.no_grad():
             similarity = instances.instance_embeds @ caption_embeds.t() / instance_temperature
             exclude = instance_source_id[:, None] == instance_source_id[None, :]
+            if same_text is not None:
+                exclude = exclude | same_text
         terms["inst_vtm"] = self._matching_loss(
             self.instap.instance_matching_context(instances),
             text_outputs.last_hidden_state,
@@ -1472,7 +1485,7 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         return terms
 
     def _instance_contrastive_without_local_rows(
-        self, instance_temperature: torch.Tensor, instance_counts: list[int], device
+        self, instance_temperature: torch.Tensor, instance_counts: list[int], device, text_length: int = 0
     ) -> torch.Tensor:
         """This rank has no instance but others do: join their gathers with zero rows.
 
@@ -1485,12 +1498,17 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         empty_crops = torch.zeros(0, dim, device=device, dtype=dtype, requires_grad=True)
         empty_captions = torch.zeros(0, dim, device=device, dtype=dtype, requires_grad=True)
         empty_ids = torch.zeros(0, dtype=torch.long, device=device)
+        same_text = None
+        if self.config.exclude_identical_texts:  # join the caption-id gather too (the processor's fixed length)
+            empty_captions_ids = torch.zeros(0, text_length, dtype=torch.long, device=device)
+            same_text = identical_texts(all_gather_variable(empty_captions_ids, instance_counts, with_grad=False))
         return contrastive_loss(
             all_gather_variable(empty_crops, instance_counts),
             all_gather_variable(empty_captions, instance_counts),
             instance_temperature,
             source_ids=all_gather_variable(empty_ids, instance_counts, with_grad=False),
             same_source=self.config.instance_same_source,
+            exclude_pairs=same_text,
         )
 
     def _total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -8,14 +8,14 @@ import torch
 from eval_helpers import NUM_FRAMES, make_synthetic_instvl, make_tiny_checkpoint
 from media_utils import indexed_frames, write_image, write_video
 
-from instap_eval.grounding_finetune import (
+from instap_processing.geometry import FrameTransform
+from instap_processing.records import parse_instance
+from instap_train.run_grounding import (
     GroundingCollator,
     InstVLGroundingDataset,
     grounding_targets,
     main,
 )
-from instap_processing.geometry import FrameTransform
-from instap_processing.records import parse_instance
 
 
 @pytest.fixture(scope="module")

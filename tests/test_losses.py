@@ -564,3 +564,23 @@ def test_two_process_gloo_matches_single_process():
             torch.testing.assert_close(res["xv_grad"] / _WORLD, xv.grad[rows])
             torch.testing.assert_close(res["proj_grad"], proj.grad)
             torch.testing.assert_close(res["temp_grad"], temp.grad)
+
+
+def test_identical_texts_ignores_padding_and_excludes_pairs_from_the_contrastive_denominators():
+    from modeling_instap.losses import identical_texts
+
+    ids = torch.tensor([[1, 5, 6, 2, 0], [1, 5, 6, 2, 9], [1, 7, 2, 0, 0]])
+    mask = torch.tensor([[1, 1, 1, 1, 0], [1, 1, 1, 1, 0], [1, 1, 1, 0, 0]])
+    same = identical_texts(ids, mask)  # rows 0 and 1 differ only under the padding
+    assert same.tolist() == [[True, True, False], [True, True, False], [False, False, True]]
+    assert identical_texts(ids)[0, 1].item() is False
+    g = torch.Generator().manual_seed(0)
+    v = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    t = F.normalize(torch.randn(3, 8, generator=g), dim=-1)
+    excluded = contrastive_loss(v, t, 0.1, exclude_pairs=same)
+    logits = v @ t.t() / 0.1
+    drop = same & ~torch.eye(3, dtype=torch.bool)
+    by_hand = (F.cross_entropy(logits.masked_fill(drop, float("-inf")), torch.arange(3))
+               + F.cross_entropy(logits.t().masked_fill(drop, float("-inf")), torch.arange(3))) / 2
+    torch.testing.assert_close(excluded, by_hand)
+    assert not torch.allclose(excluded, contrastive_loss(v, t, 0.1))

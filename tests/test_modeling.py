@@ -887,3 +887,26 @@ def test_each_tower_and_its_heads_take_their_own_init_std():
         assert module.weight.std().item() == pytest.approx(0.2, rel=0.25), module
     for module in vision_side:
         assert module.weight.std().item() == pytest.approx(0.01, rel=0.25), module
+
+
+def test_identical_captions_are_never_vtm_hard_negatives(monkeypatch):
+    import modeling_instap.modeling_instap as module
+
+    config = tiny_config(exclude_identical_texts=True)
+    model = InstAPForPreTraining(config).train()
+    batch = make_batch(config, batch_size=3, instances_per_sample=(1, 1, 1))
+    batch["input_ids"][1] = batch["input_ids"][0]
+    batch["attention_mask"][1] = batch["attention_mask"][0]
+    batch["instance_input_ids"][2] = batch["instance_input_ids"][0]
+    batch["instance_attention_mask"][2] = batch["instance_attention_mask"][0]
+    seen = []
+    original = module.sample_hard_negatives
+    monkeypatch.setattr(module, "sample_hard_negatives", lambda s, e, *a, **k: seen.append(e.clone()) or original(s, e, *a, **k))
+    model(**batch)
+    global_exclude, instance_exclude = seen[0], seen[2]  # text-for-video, then the instance ones
+    assert global_exclude[0, 1] and global_exclude[1, 0] and not global_exclude[0, 2]
+    assert instance_exclude[0, 2] and instance_exclude[2, 0] and not instance_exclude[0, 1]
+    config.exclude_identical_texts = False  # METHOD: only the same source is excluded
+    seen.clear()
+    model(**batch)
+    assert not seen[0][0, 1] and not seen[2][0, 2]

@@ -1,7 +1,7 @@
 # Copyright 2026 The InstAP Authors. Licensed under the Apache License, Version 2.0.
 """Phrase grounding (METHOD §5, Table 3): fine-tune `InstAPForGrounding` on InstVL instances, report IoU@0.5/0.7/0.9.
 
-    python -m instap_eval.grounding_finetune --model_name_or_path out/stage2 --dataset_name_or_path org/instvl \\
+    python train_scripts/run_grounding.py --model_name_or_path out/stage2 --dataset_name_or_path org/instvl \\
         --train_split train --test_splits img_1k,img_zero_1k,video_1k --output_dir out/grounding \\
         --num_train_epochs 5 --per_device_train_batch_size 64 --learning_rate 1e-4 --bf16
 
@@ -45,15 +45,14 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.utils import logging
 
+from instap_eval.benchmarks import batches_by_media_type
+from instap_eval.grounding import grounding_ious, grounding_metrics
 from instap_processing.captions import swap_left_right
 from instap_processing.crops import boxes_at_frames, clip_boxes
 from instap_processing.decoding import decode_media
 from instap_processing.errors import InstVLSampleError
 from instap_processing.geometry import FrameTransform
 from instap_processing.records import InstVLInstance, parse_record, validate_instances_against_media
-
-from .benchmarks import batches_by_media_type
-from .grounding import grounding_ious, grounding_metrics
 
 logger = logging.get_logger(__name__)
 
