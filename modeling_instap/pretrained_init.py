@@ -40,8 +40,8 @@ from transformers import (
     PreTrainedModel,
 )
 
-from .convert_umt_to_instap import BERT_IGNORED_KEYS, BERT_RENAMES, ConversionReport, apply_rename_tables
 from .modeling_instap import InstAPMLMHead, InstAPTeacherDistillation, InstAPTextModel
+from .weight_mapping import BERT_IGNORED_KEYS, BERT_RENAMES, ConversionReport, apply_rename_tables
 
 # BertConfig field -> InstAPTextConfig field (same names); all must agree for the weights to mean the same thing.
 BERT_CONFIG_FIELDS = (
