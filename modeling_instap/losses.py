@@ -39,7 +39,6 @@ __all__ = [
     "mlm_loss",
     "reconstruction_loss",
     "box_cxcywh_to_xyxy",
-    "box_xyxy_to_cxcywh",
     "generalized_box_iou",
     "box_regression_loss",
 ]
@@ -453,12 +452,6 @@ def box_cxcywh_to_xyxy(boxes: Tensor) -> Tensor:
     """``(..., 4)`` (cx, cy, w, h) -> (x1, y1, x2, y2)."""
     cx, cy, w, h = boxes.unbind(-1)
     return torch.stack((cx - 0.5 * w, cy - 0.5 * h, cx + 0.5 * w, cy + 0.5 * h), dim=-1)
-
-
-def box_xyxy_to_cxcywh(boxes: Tensor) -> Tensor:
-    """``(..., 4)`` (x1, y1, x2, y2) -> (cx, cy, w, h)."""
-    x1, y1, x2, y2 = boxes.unbind(-1)
-    return torch.stack(((x1 + x2) / 2, (y1 + y2) / 2, x2 - x1, y2 - y1), dim=-1)
 
 
 def generalized_box_iou(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-7) -> Tensor:

@@ -253,14 +253,6 @@ class InstAPVisionEmbeddings(nn.Module):
         kernel = (config.tubelet_size, config.patch_size, config.patch_size)
         self.patch_embedding = nn.Conv3d(config.num_channels, config.hidden_size, kernel_size=kernel, stride=kernel)
 
-    def token_grid(self, num_frames: int, height: int, width: int) -> tuple[int, int, int]:
-        """(t, h, w) size of the token grid for a clip."""
-        return (
-            num_frames // self.config.tubelet_size,
-            height // self.config.patch_size,
-            width // self.config.patch_size,
-        )
-
     def position_embeddings(self, num_tokens: int, device, dtype) -> torch.Tensor:
         return sinusoid_position_table(num_tokens, self.config.hidden_size, device=device, dtype=dtype)
 

@@ -28,8 +28,8 @@ from transformers import (
 
 from modeling_instap import InstAPConfig, InstAPForMaskedVideoModeling, InstAPForPreTraining
 from modeling_instap.convert_umt_to_instap import ConversionError, convert_umt_checkpoint, main
-from modeling_instap.weight_mapping import resize_position_table, split_qkv_no_k_bias
 from modeling_instap.pretrained_init import load_teacher_from_clip, load_text_from_bert
+from modeling_instap.weight_mapping import resize_position_table, split_qkv_no_k_bias
 
 TINY = InstAPConfig.from_preset("tiny")
 V, T, C = TINY.vision_config, TINY.text_config, TINY.teacher_config

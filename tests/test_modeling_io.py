@@ -248,7 +248,9 @@ def parameter_breakdown(model: InstAPForPreTraining) -> dict[str, int]:
         "attention_pool": pool,
         "distillation_heads": _count(model.distillation.heads),
         "mlm_head": _count(model.mlm_head) - model.mlm_head.decoder.weight.numel(),  # decoder tied to the embeddings
-        "other": _count(instap) - vision - text - pool,
+        # Named, not a residual: the sum check below then fails if a parameter lives outside every listed part.
+        "other": sum(_count(m) for m in (instap.visual_projection, instap.text_projection, instap.itm_head))
+        + instap.temperature.numel() + instap.instance_temperature.numel(),
         "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
     }
 

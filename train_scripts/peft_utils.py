@@ -54,22 +54,6 @@ def _backbone_prefix(model: nn.Module) -> str:
     return "instap." if hasattr(model, "instap") else ""
 
 
-def _ensure_input_embeddings(model: nn.Module) -> None:
-    """Give the model a `get_input_embeddings` if its class lacks one.
-
-    peft asks a model with tied weights (the MLM decoder is tied to the word embeddings) for its input
-    embeddings, and `InstAPModel` does not define `get_input_embeddings` yet (the default then raises
-    `NotImplementedError`). The answer is the text encoder's word embeddings; once the model defines the method,
-    this does nothing.
-    """
-    try:
-        model.get_input_embeddings()
-    except NotImplementedError:
-        backbone = getattr(model, "instap", model)
-        word_embeddings = backbone.text_model.get_input_embeddings()
-        model.get_input_embeddings = lambda: word_embeddings
-
-
 def apply_lora(
     model: nn.Module,
     r: int = 8,
@@ -103,7 +87,6 @@ def apply_lora(
         modules_to_save=[_backbone_prefix(model) + head for head in heads_to_save] if heads_to_save else None,
         bias="none",
     )
-    _ensure_input_embeddings(model)
     peft_model = get_peft_model(model, config)
     adapted = [name for name, module in peft_model.named_modules() if hasattr(module, "lora_A")]
     if not adapted:
