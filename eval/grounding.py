@@ -1,7 +1,7 @@
 # Copyright 2026 The InstAP Authors. Licensed under the Apache License, Version 2.0.
 """IoU@threshold and mean IoU for visual grounding of boxes and box trajectories, in plain torch.
 
-METHOD.md §5 (Table 3): the box head predicts one normalized ``(cx, cy, w, h)`` box per sample (image) or per
+docs/method.md §5 (Table 3): the box head predicts one normalized ``(cx, cy, w, h)`` box per sample (image) or per
 frame (trajectory). A sample's IoU is the IoU of its box, or for a trajectory the IoU averaged over the frames
 where the ground truth is valid; ``iou@t`` is the percentage of samples whose IoU is at least ``t``.
 

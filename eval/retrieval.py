@@ -1,7 +1,7 @@
 # Copyright 2026 The InstAP Authors. Licensed under the Apache License, Version 2.0.
 """Recall@K, median and mean rank for cross-modal retrieval, in plain torch.
 
-Conventions (METHOD.md §5, UMT_NOTES.md §3.9):
+Conventions (docs/method.md §5):
 
 * ``scores[q, c]`` is the similarity of query ``q`` and candidate ``c``; higher means more similar.
 * A query may have any number of correct candidates; the *best-ranked* correct one counts (UMT takes the
@@ -280,7 +280,7 @@ def video_text_retrieval_metrics(
     ties: TieBreak = "pessimistic",
     chunk_size: int | None = None,
 ) -> dict[str, float]:
-    """Both directions of video-text retrieval, with UMT's keys (``itm_eval``, UMT_NOTES.md §3.9).
+    """Both directions of video-text retrieval, with UMT's keys (``itm_eval``).
 
     Args:
         scores_v2t: ``(num_videos, num_texts)`` similarities. Text-to-video ranks read its columns through a

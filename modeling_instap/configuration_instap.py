@@ -9,7 +9,7 @@
 - `teacher_config` (`CLIPVisionConfig`, optional): the frozen CLIP vision tower used for the attention-guided masks
   and the reconstruction targets (stage 1, and L_rec in stage 2).
 
-Every number of the method (METHOD.md §2–§4) is a field here: temperatures and their clamp, mask strategy and
+Every number of the method (docs/method.md §2–§4) is a field here: temperatures and their clamp, mask strategy and
 ratios, teacher input size and returned layers, all loss weights, the MLM probability, the hard-negative switch and
 the instance-crop settings. Where the paper and the UMT code disagree, the field selects the reading.
 """
@@ -257,8 +257,8 @@ class InstAPConfig(PreTrainedConfig):
             denominators. METHOD does not do this (False); data whose short captions repeat across samples needs it.
         attention_pool_num_heads (`int`, *optional*): heads of the instance attention pool (video encoder heads by
             default).
-        eval_frame_pooling (`str`, defaults to `"frames"`): at evaluation (no mask), pool each frame and average the
-            frame similarities (UMT), or pool all tokens at once (`"video"`).
+        eval_frame_pooling (`str`, defaults to `"frames"`): how `get_video_features` pools a clip without a mask:
+            each frame, averaging the frame similarities (UMT's evaluation), or all tokens at once (`"video"`).
         grounding_hidden_size (`int`, *optional*): width of the 3-layer box MLP (text width by default).
         tie_word_embeddings (`bool`, defaults to `True`): tie the MLM decoder to the word embeddings (BERT).
     """

@@ -1,6 +1,6 @@
 """Convert UMT ("Unmasked Teacher") checkpoints into InstAP folders (`config.json` + `model.safetensors`).
 
-Two source layouts (METHOD.md §7, UMT_NOTES.md §4):
+Two source layouts (docs/method.md §7):
 
 - **stage 1** (`single_modality`, e.g. `l16_ptk710_f8_res224.pth`): `encoder.*` (the video ViT) and `clip_decoder.*`
   (the per-layer distillation heads). The CLIP teacher is not in these files: pass it with `--teacher` (UMT's

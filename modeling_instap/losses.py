@@ -1,4 +1,4 @@
-"""Loss functions of InstAP (METHOD.md §3-§4), as small pure functions.
+"""Loss functions of InstAP (docs/method.md §3-§4), as small pure functions.
 
 Every function here is stateless: learnable quantities (temperatures, heads) live in the model and are
 passed in. All losses are computed in at least float32 (autocast is switched off locally; half and

@@ -1,4 +1,4 @@
-"""Token masks for the video encoder (METHOD.md §3 "Mask", §4.1, §4.2; UMT_NOTES §2.4, §3.2).
+"""Token masks for the video encoder (docs/method.md §3 "Mask", §4.1, §4.2).
 
 Conventions shared by every function here:
 

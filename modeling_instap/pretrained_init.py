@@ -1,4 +1,4 @@
-"""Initialise InstAP parts from Hugging Face checkpoints, as UMT does before its stage 2 (METHOD.md §1, §7).
+"""Initialise InstAP parts from Hugging Face checkpoints, as UMT does before its stage 2 (docs/method.md §1, §7).
 
 - [`load_text_from_bert`]: a `BertForMaskedLM` / `BertForPreTraining` (or a bare `BertModel`) onto the text + fusion
   encoder `instap.text_model` and, when both sides have one, the MLM head `mlm_head`. Every BERT layer maps onto the

@@ -1,7 +1,7 @@
 """UMT -> InstAP conversion and BERT/CLIP initialisation, against the original models and raw-tensor references.
 
 Every model is tiny and random; nothing is downloaded. The UMT state dicts are written here from the conventions of
-METHOD.md §7 / UMT_NOTES.md §4, and the converted model is compared with forwards computed directly from those raw
+docs/method.md §7 / and the converted model is compared with forwards computed directly from those raw
 tensors (fused qkv with q/v bias, sinusoid positions, OpenAI CLIP `nn.MultiheadAttention` layout).
 """
 
