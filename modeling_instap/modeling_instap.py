@@ -10,6 +10,7 @@ Tensor layout: videos are `(batch, frames, channels, height, width)`; video toke
 token masks are boolean with `True` = hidden (as `bool_masked_pos` in VideoMAE).
 """
 
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -1146,6 +1147,22 @@ class InstAPModel(InstAPPreTrainedModel):
 # Task heads
 # --------------------------------------------------------------------------------------------------------------------
 
+# The stage-2 loss terms (output field `loss_<term>`) and the config weights whose product weighs each in the total
+# (Eq. 11-13). The trainer's logging and the tests read this table.
+STAGE2_LOSS_WEIGHTS: dict[str, tuple[str, ...]] = {
+    "rec": ("lambda_rec",),
+    "vtc": ("lambda_vtc",),
+    "vtm": ("lambda_vtm",),
+    "mlm": ("lambda_mlm",),
+    "inst_vtc": ("lambda_inst", "lambda_inst_vtc"),
+    "inst_vtm": ("lambda_inst", "lambda_inst_vtm"),
+    "inst_mlm": ("lambda_inst", "lambda_inst_mlm"),
+}
+
+
+def loss_term_weight(config: InstAPConfig, term: str) -> float:
+    return math.prod(getattr(config, name) for name in STAGE2_LOSS_WEIGHTS[term])
+
 
 def _media_mask_ratio(config: InstAPConfig, num_frames: int) -> float:
     # An image is a 1-frame clip and gets the image ratio (0.5); videos get 0.8.
@@ -1504,17 +1521,7 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         )
 
     def _total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
-        config = self.config
-        weights = {
-            "rec": config.lambda_rec,
-            "vtc": config.lambda_vtc,
-            "vtm": config.lambda_vtm,
-            "mlm": config.lambda_mlm,
-            "inst_vtc": config.lambda_inst * config.lambda_inst_vtc,
-            "inst_vtm": config.lambda_inst * config.lambda_inst_vtm,
-            "inst_mlm": config.lambda_inst * config.lambda_inst_mlm,
-        }
-        return sum(weights[name] * value for name, value in terms.items())
+        return sum(loss_term_weight(self.config, name) * value for name, value in terms.items())
 
 
 class InstAPForMaskedVideoModeling(InstAPPreTrainedModel):

@@ -9,6 +9,7 @@ from transformers import AutoModel
 
 import modeling_instap  # noqa: F401  (registers the Auto classes)
 from modeling_instap import InstAPForMaskedVideoModeling, InstAPForPreTraining, InstAPModel
+from modeling_instap.modeling_instap import STAGE2_LOSS_WEIGHTS, loss_term_weight
 
 
 @pytest.fixture(scope="module")
@@ -124,10 +125,11 @@ def test_log_reports_every_term_averaged(synthetic_dir, tmp_path, monkeypatch):
     train_logs = [log for log in seen if "loss" in log]
     assert len(train_logs) == 2
     for log in train_logs:
-        terms = {t: log[f"loss_{t}"] for t in ("rec", "vtc", "vtm", "mlm", "inst_vtc", "inst_vtm", "inst_mlm")}
+        terms = {t: log[f"loss_{t}"] for t in STAGE2_LOSS_WEIGHTS}
         # The logged total is the weighted sum of the logged terms (one step per log: the means are the values).
-        weights = {"rec": 1, "vtc": 1, "vtm": 1, "mlm": 1, "inst_vtc": 0.5, "inst_vtm": 0.5, "inst_mlm": 0.5}
-        assert log["loss"] == pytest.approx(sum(weights[t] * v for t, v in terms.items()), rel=1e-3, abs=1e-3)
+        config = InstAPForPreTraining.config_class.from_pretrained(tmp_path / "out")
+        total = sum(loss_term_weight(config, t) * v for t, v in terms.items())
+        assert log["loss"] == pytest.approx(total, rel=1e-3, abs=1e-3)
         assert 0.001 <= log["temperature"] <= 0.5 and 0.001 <= log["instance_temperature"] <= 0.5
     # Retrieval on the held-out split during training, over all 12 pairs of the split; r_mean is the six recalls'.
     eval_logs = [log for log in seen if "eval_r_mean" in log]

@@ -21,10 +21,11 @@ from transformers import Trainer
 from transformers.utils import logging
 
 from instap_processing.errors import TooManyBadSamplesError
+from modeling_instap.modeling_instap import STAGE2_LOSS_WEIGHTS
 
 logger = logging.get_logger(__name__)
 
-STAGE2_LOSS_TERMS = ("rec", "vtc", "vtm", "mlm", "inst_vtc", "inst_vtm", "inst_mlm")
+STAGE2_LOSS_TERMS = tuple(STAGE2_LOSS_WEIGHTS)
 STAGE1_LOSS_TERMS = ("rec",)
 
 
