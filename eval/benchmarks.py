@@ -54,11 +54,11 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from instap_processing.decoding import decode_media
+from instap_processing.decoding import IMAGE_EXTENSIONS, decode_media
 from instap_processing.errors import InstVLSampleError
 from instap_processing.records import decode_caption
 
-from .zero_shot import RetrievalResult, instance_retrieval, zero_shot_retrieval
+from .zero_shot import NoInstancesError, RetrievalResult, instance_retrieval, zero_shot_retrieval
 
 __all__ = [
     "BENCHMARKS",
@@ -79,7 +79,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_BYTES = 2 << 30
 PARAGRAPH_MAX_TEXT_LENGTH = 64
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 # The zero-shot benchmarks of METHOD §5 and whether they are paragraph-to-video (captions joined per video).
 BENCHMARKS: dict[str, dict[str, bool]] = {
@@ -530,9 +529,7 @@ def evaluate_instvl_split(
                 model, split_batches, k=k, rerank=rerank, use_attention_pool=use_attention_pool,
                 fusion_batch_size=fusion_batch_size,
             )
-        except ValueError as error:
-            if "No batch with instances" not in str(error):
-                raise
+        except NoInstancesError:
             logger.warning("Split %r has no instances: instance retrieval skipped.", split)
         else:
             output["instance"] = result_to_dict(instance_result)

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from instap_processing.decoding import DecodedVideo, decode_image, decode_media
+from instap_processing.decoding import IMAGE_EXTENSIONS, DecodedVideo, decode_image, decode_media
 
 __all__ = [
     "activation_map",
@@ -48,7 +48,6 @@ __all__ = [
 
 Method = Literal["attention", "features"]
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
 
 
 def _backbone(model):
@@ -62,7 +61,7 @@ def load_clip(video: Any, num_frames: int) -> DecodedVideo:
     if isinstance(video, DecodedVideo):
         return video
     if isinstance(video, (str, os.PathLike)):
-        is_image = os.fspath(video).lower().endswith(_IMAGE_EXTENSIONS)
+        is_image = os.fspath(video).lower().endswith(IMAGE_EXTENSIONS)
         return decode_image(video) if is_image else decode_media(video, "video", num_frames=num_frames)
     if isinstance(video, (bytes, bytearray, memoryview)):
         head = bytes(video[:12])

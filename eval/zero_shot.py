@@ -56,6 +56,10 @@ class RetrievalResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+class NoInstancesError(ValueError):
+    """Instance retrieval was asked of batches that hold no instance."""
+
+
 def _backbone(model):
     return model.instap if hasattr(model, "instap") else model
 
@@ -289,7 +293,7 @@ def instance_retrieval(
         caption_masks.append(batch["instance_attention_mask"].cpu())
         caption_ids.append(batch["instance_input_ids"].cpu())
     if not crop_embeds:
-        raise ValueError("No batch with instances: instance retrieval needs instance crops and captions.")
+        raise NoInstancesError("No batch with instances: instance retrieval needs instance crops and captions.")
     lengths = {mask.shape[1] for mask in caption_masks}
     if len(lengths) > 1:
         raise ValueError(f"Instance captions must be padded to one length across batches, got lengths {sorted(lengths)}.")

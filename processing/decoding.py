@@ -92,6 +92,9 @@ class DecodedVideo:
         )
 
 
+# File name endings read as images (PIL) rather than videos (PyAV), everywhere a path is routed.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
+
 # FFmpeg opens only local files, and only with video demuxers: a playlist (HLS `.m3u8`, `concat`, image
 # sequences) would make it open other files or URLs that the data names, whatever the file is called.
 VIDEO_DEMUXERS = (

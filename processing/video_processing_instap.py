@@ -23,13 +23,12 @@ from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoMetadata
 
-from .decoding import DecodedVideo, decode_image, decode_video
+from .decoding import IMAGE_EXTENSIONS, DecodedVideo, decode_image, decode_video
 from .geometry import FrameTransform, get_frame_transform
 from .sampling import FRAME_SAMPLING_MODES, sample_frame_indices
 
 # Leading bytes of the image formats PIL reads; anything else handed over as bytes is treated as a video container.
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff")
 
 
 class InstAPVideosKwargs(VideosKwargs, total=False):
@@ -72,7 +71,7 @@ def _looks_like_image(source: Any) -> bool:
         head = bytes(source[:12])
         return head.startswith(_IMAGE_MAGIC) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
     if isinstance(source, (str, os.PathLike)):
-        return os.fspath(source).lower().endswith(_IMAGE_EXTENSIONS)
+        return os.fspath(source).lower().endswith(IMAGE_EXTENSIONS)
     return False
 
 

@@ -340,7 +340,7 @@ def build_train_dataset(dataset: str, data_args: DataArguments, num_frames: int,
     )
     records = load_instvl(dataset, data_args.train_split, media_root=data_args.media_root, streaming=data_args.streaming)
     if data_args.streaming:
-        # accelerate shards the stream across ranks (dispatch_batches=False); never split_dataset_by_node as well.
+        # The trainer splits the stream per rank once (split_dataset_by_node) and keeps accelerate's sharding off.
         return InstVLIterableDataset(records, batch_size=batch_size, **common)
     return InstVLMapDataset(records, **common)
 
