@@ -19,7 +19,6 @@ from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set
 from transformers.utils import logging
 
 from instap_processing import InstAPProcessor, InstAPVideoProcessor
-from instap_processing.collator import InstAPDataCollator
 from instap_processing.instvl import load_instvl
 from instap_processing.streaming import InstVLIterableDataset, InstVLMapDataset
 from modeling_instap import InstAPConfig
@@ -361,19 +360,6 @@ def build_eval_dataset(dataset: str, split: str, data_args: DataArguments, num_f
     return InstVLMapDataset(records, num_frames=num_frames, training=False, max_instances_per_sample=None)
 
 
-def collate_eval_batches(
-    dataset: InstVLMapDataset, processor: InstAPProcessor, batch_size: int, num_workers: int = 0, desc: str = "decoding"
-):
-    """Decode an evaluation split once into model batches (whole captions, all instances, no augmentation)."""
-    from tqdm.auto import tqdm
-
-    collator = InstAPDataCollator(processor, text=True, instances=True, training=False)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, collate_fn=collator, num_workers=num_workers
-    )
-    return list(tqdm(loader, desc=desc, disable=None))
-
-
 __all__ = [
     "DataArguments",
     "ModelArguments",
@@ -384,7 +370,6 @@ __all__ = [
     "apply_overrides",
     "build_train_dataset",
     "check_dataset_source",
-    "collate_eval_batches",
     "parse_overrides",
     "parse_script_arguments",
     "resolve_dataset",

@@ -17,10 +17,9 @@ import math
 import os
 import textwrap
 
-import torch
 from transformers.utils import logging
 
-from instap_eval.zero_shot import instance_retrieval, zero_shot_retrieval
+from instap_eval.benchmarks import evaluate_instvl_split
 from instap_processing.collator import InstAPDataCollator
 from instap_train import InstAPAlignTrainer
 from instap_train.factory import (
@@ -32,7 +31,6 @@ from instap_train.factory import (
     build_processor,
     build_tokenizer,
     build_train_dataset,
-    collate_eval_batches,
     parse_script_arguments,
     resolve_dataset,
     resolve_resume_checkpoint,
@@ -118,39 +116,27 @@ def evaluate_splits(
     model, processor, dataset: str, data_args: DataArguments, num_frames: int, batch_size: int,
     instance_attention_pool: bool = True,
 ):
-    """Global and instance retrieval on each evaluation split, dual encoder and re-ranked.
+    """Global and instance retrieval on each evaluation split, dual encoder and re-ranked, through the one InstVL
+    evaluation path (`instap_eval.benchmarks.evaluate_instvl_split`, which streams the split with a bounded cache).
 
-    `instance_attention_pool=False` scores instance crops alone, as global-only models are evaluated (METHOD §5).
+    `instance_attention_pool=False` scores instance crops alone, as global-only models are evaluated (method §5).
     Returns `(results, chance)`: row name -> metrics, and row name -> the mean recall of a random ranking.
     """
     results, chance = {}, {}
     for split in filter(None, (name.strip() for name in data_args.eval_splits.split(","))):
-        eval_dataset = build_eval_dataset(dataset, split, data_args, num_frames)
-        batches = collate_eval_batches(eval_dataset, processor, batch_size, desc=f"decoding {split}")
-        pixel_values = [batch["pixel_values"] for batch in batches]
-        input_ids = torch.cat([batch["input_ids"] for batch in batches])
-        attention_mask = torch.cat([batch["attention_mask"] for batch in batches])
-        global_result = zero_shot_retrieval(
-            model, lambda frames=pixel_values: iter(frames), input_ids, attention_mask, torch.arange(input_ids.shape[0]),
-            k=data_args.rerank_k,
+        output = evaluate_instvl_split(
+            model, processor, dataset, split, media_root=data_args.media_root, num_frames=num_frames,
+            k=data_args.rerank_k, batch_size=batch_size, use_attention_pool=instance_attention_pool,
+            max_samples=data_args.max_eval_samples,
         )
-        results[f"{split} global, dual encoder"] = global_result.metrics_dual
-        results[f"{split} global, re-ranked"] = global_result.metrics_rerank
-        for row in ("dual encoder", "re-ranked"):
-            chance[f"{split} global, {row}"] = chance_mean_recall(input_ids.shape[0])
-        if any("instance_pixel_values" in batch for batch in batches):
-            inst = instance_retrieval(
-                model, lambda split_batches=batches: iter(split_batches), k=data_args.rerank_k,
-                use_attention_pool=instance_attention_pool,
-            )
-            results[f"{split} instance, dual encoder"] = inst.metrics_dual
-            results[f"{split} instance, re-ranked"] = inst.metrics_rerank
-            for row in ("dual encoder", "re-ranked"):
-                chance[f"{split} instance, {row}"] = chance_mean_recall(inst.scores_dual.shape[0])
-        # Decoded in this process (no workers), so the tracker holds the split's counts.
-        skipped = eval_dataset.tracker.summary()
-        if skipped["bad"]:
-            print(f"{split}: skipped {skipped['bad']} bad samples of {skipped['seen']} ({skipped['by_reason']})")
+        sizes = {"global": output["num_texts"], "instance": output.get("num_instances")}
+        for part in ("global", "instance"):
+            if part not in output:
+                continue
+            for key, row in (("dual_encoder", "dual encoder"), ("reranked", "re-ranked")):
+                name = f"{split} {part}, {row}"
+                results[name] = output[part][key]
+                chance[name] = chance_mean_recall(sizes[part])
     return results, chance
 
 
