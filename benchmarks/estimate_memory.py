@@ -50,6 +50,7 @@ score matrices (the fused CUDA kernels apply dropout without storing them).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -141,7 +142,8 @@ class ActivationEstimate:
 
 
 def stage2_passes(
-    config: InstAPConfig, step: Stage2Step, e: int = BF16, mask_bytes: int = 1, with_instances: bool = True
+    config: InstAPConfig, step: Stage2Step, e: int = BF16, mask_bytes: int = 1, with_instances: bool = True,
+    contrastive_loss_form: str | None = None,
 ) -> ActivationEstimate:
     """The encoder passes of `InstAPForPreTraining.forward` for one GPU's batch, with their token counts.
 
@@ -200,12 +202,17 @@ def stage2_passes(
         ]
     global_n = step.num_gpus * B
     instance_n = step.num_gpus * N
-    gathered_losses = 16 * global_n**2 + 13 * instance_n**2
+    # The global form scores every gathered row on every rank ((G·B)², (G·N)²); the local form only this rank's rows
+    # against the gathered columns (B·G·B, N·G·N): G times less.
+    form = contrastive_loss_form or config.contrastive_loss_form
+    global_entries = global_n**2 if form == "global" else B * global_n
+    instance_entries = instance_n**2 if form == "global" else N * instance_n
+    gathered_losses = 16 * global_entries + 13 * instance_entries
     teacher_tokens = (teacher.image_size // teacher.patch_size) ** 2
     teacher_targets = e * K * B * T * teacher_tokens * teacher_dim
     teacher_transient = e * (teacher.num_hidden_layers + 1) * B * T * (teacher_tokens + 1) * teacher.hidden_size
     return ActivationEstimate(
-        passes, gathered_losses, global_n**2, instance_n**2, teacher_targets, teacher_transient, e
+        passes, gathered_losses, global_entries, instance_entries, teacher_targets, teacher_transient, e
     )
 
 
@@ -451,6 +458,12 @@ def main() -> None:
         gathered = gib(estimate.gathered_losses)
         print(f"| contrastive matrices (gathered over {args.gpus[0]} GPUs) | | | {gathered} | {gathered} |")
         print(f"\nTeacher forward transient (no grad, before the student): {gib(estimate.teacher_transient)} GiB.\n")
+        many = dataclasses.replace(step, num_gpus=max(args.gpus))
+        for form in ("global", "local"):
+            losses = stage2_passes(InstAPConfig.from_preset(preset), many, contrastive_loss_form=form).gathered_losses
+            print(f"Contrastive matrices at {max(args.gpus)} GPUs with contrastive_loss_form={form!r}: {gib(losses)} GiB "
+                  "per GPU.")
+        print()
 
     if not args.no_validate:
         validation_step = Stage2Step(videos_per_gpu=4, frames=8, image_size=112, text_length=32, num_gpus=1)

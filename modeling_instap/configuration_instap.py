@@ -255,6 +255,10 @@ class InstAPConfig(PreTrainedConfig):
         exclude_identical_texts (`bool`, defaults to `False`): captions with the same tokens are never negatives of
             each other: not drawn as VTM hard negatives (global and instance), and out of the instance VTC's
             denominators. METHOD does not do this (False); data whose short captions repeat across samples needs it.
+        contrastive_loss_form (`str`, defaults to `"global"`): every rank computes the VTC losses over the whole
+            gathered batch (`"global"`), or only its own rows against the gathered columns (`"local"`, open_clip's
+            local loss: the same update under DDP, logits `world_size` times smaller; the logged value is the rank's
+            share times the world size, whose mean over ranks is the loss).
         attention_pool_num_heads (`int`, *optional*): heads of the instance attention pool (video encoder heads by
             default).
         eval_frame_pooling (`str`, defaults to `"frames"`): how `get_video_features` pools a clip without a mask:
@@ -306,6 +310,7 @@ class InstAPConfig(PreTrainedConfig):
     crop_size: int | None = None
     instance_vtm_context: Literal["pooled", "tokens", "attention_pool"] = "pooled"
     exclude_identical_texts: bool = False
+    contrastive_loss_form: Literal["global", "local"] = "global"
     attention_pool_num_heads: int | None = None
     eval_frame_pooling: Literal["frames", "video"] = "frames"
     grounding_hidden_size: int | None = None
@@ -342,6 +347,7 @@ class InstAPConfig(PreTrainedConfig):
         _check_choice(self, "instance_same_source", ("positive", "exclude"))
         _check_choice(self, "crop_mask_strategy", ("random", "teacher", "none"))
         _check_choice(self, "instance_vtm_context", ("pooled", "tokens", "attention_pool"))
+        _check_choice(self, "contrastive_loss_form", ("global", "local"))
         _check_choice(self, "eval_frame_pooling", ("frames", "video"))
         _check_fraction(self, "video_mask_ratio")
         _check_fraction(self, "image_mask_ratio")

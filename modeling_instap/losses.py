@@ -32,7 +32,9 @@ __all__ = [
     "check_equal_batch_sizes",
     "gather_counts",
     "process_rank",
+    "process_world_size",
     "contrastive_loss",
+    "local_contrastive_loss",
     "sample_hard_negatives",
     "matching_loss",
     "mask_tokens_for_mlm",
@@ -167,6 +169,11 @@ def process_rank() -> int:
     return dist.get_rank() if _is_distributed() else 0
 
 
+def process_world_size() -> int:
+    """The number of processes, 1 in one process."""
+    return dist.get_world_size() if _is_distributed() else 1
+
+
 # ----------------------------------------------------------------------------------------------------
 # contrastive / matching
 # ----------------------------------------------------------------------------------------------------
@@ -235,8 +242,10 @@ def contrastive_loss(
         if exclude_pairs is not None:
             if exclude_pairs.shape != (n, n):
                 raise ValueError(f"exclude_pairs must have shape ({n}, {n}), got {tuple(exclude_pairs.shape)}")
-            off_diagonal = exclude_pairs.to(torch.bool) & ~torch.eye(n, dtype=torch.bool, device=logits.device)
-            logits = logits.masked_fill(off_diagonal, float("-inf"))
+            keep = torch.eye(n, dtype=torch.bool, device=logits.device)
+            if source_ids is not None and same_source == "positive":  # soft positives stay in
+                keep = keep | (source_ids.view(-1, 1) == source_ids.view(1, -1))
+            logits = logits.masked_fill(exclude_pairs.to(torch.bool) & ~keep, float("-inf"))
         if source_ids is None:
             return (F.cross_entropy(logits, targets) + F.cross_entropy(logits.t(), targets)) / 2
 
@@ -245,8 +254,9 @@ def contrastive_loss(
             soft = same.to(logits.dtype)
             soft = soft / soft.sum(dim=1, keepdim=True)
             # soft is symmetric, so the same targets serve both directions.
-            loss_v2t = -(F.log_softmax(logits, dim=1) * soft).sum(dim=1).mean()
-            loss_t2v = -(F.log_softmax(logits.t(), dim=1) * soft).sum(dim=1).mean()
+            # Excluded entries are -inf with zero target: leave them out of the sum (0 * -inf would be NaN).
+            loss_v2t = -(F.log_softmax(logits, dim=1).masked_fill(soft == 0, 0.0) * soft).sum(dim=1).mean()
+            loss_t2v = -(F.log_softmax(logits.t(), dim=1).masked_fill(soft == 0, 0.0) * soft).sum(dim=1).mean()
             return (loss_v2t + loss_t2v) / 2
 
         eye = torch.eye(n, dtype=torch.bool, device=logits.device)
@@ -255,6 +265,68 @@ def contrastive_loss(
         loss_v2t = F.cross_entropy(logits.masked_fill(drop, neg_inf), targets)
         loss_t2v = F.cross_entropy(logits.t().masked_fill(drop.t(), neg_inf), targets)
         return (loss_v2t + loss_t2v) / 2
+
+
+def local_contrastive_loss(
+    video_local: Tensor,
+    text_local: Tensor,
+    video_all: Tensor,
+    text_all: Tensor,
+    row_offset: int,
+    temperature: Tensor | float,
+    source_ids: Tensor | None = None,
+    same_source: str = "positive",
+    exclude_pairs: Tensor | None = None,
+    world_size: int = 1,
+) -> Tensor:
+    """The rows of ``contrastive_loss`` that belong to this rank (open_clip's ``local_loss``), scaled to be
+    equal in gradient to the global form under DDP.
+
+    This rank's ``n`` pairs (``video_local``/``text_local``, rows ``row_offset ... row_offset + n`` of the gathered
+    ``(N, D)`` ``video_all``/``text_all``) are scored against all ``N`` columns in both directions: logits are
+    ``(n, N)`` instead of ``(N, N)``, so memory per rank falls by ``N / n`` (the world size). ``source_ids`` and
+    ``exclude_pairs`` are the gathered ``(N,)`` ids and ``(N, N)`` pairs, as for ``contrastive_loss``.
+
+    With ``L_r`` this rank's share of the global loss (``sum_r L_r = L``), the value returned is ``world_size * L_r``:
+    the all-gather's backward sums every rank's contribution into each rank's rows, and DDP averages over the ranks,
+    so the update is the global form's. Its mean over ranks is the global loss; in one process it is the loss itself.
+    """
+    n, total = video_local.shape[0], video_all.shape[0]
+    if text_local.shape[0] != n or text_all.shape[0] != total or not 0 <= row_offset <= total - n:
+        raise ValueError(
+            f"local rows ({n}) at offset {row_offset} do not fit the {total} gathered rows "
+            f"(video {tuple(video_all.shape)}, text {tuple(text_all.shape)})"
+        )
+    if same_source not in ("positive", "exclude"):
+        raise ValueError(f"same_source must be 'positive' or 'exclude', got {same_source!r}")
+    with torch.autocast(device_type=video_local.device.type, enabled=False):
+        if isinstance(temperature, Tensor):
+            temperature = _fp32(temperature)
+        rows = torch.arange(row_offset, row_offset + n, device=video_local.device)
+        columns = torch.arange(total, device=video_local.device)
+        is_target = rows[:, None] == columns[None, :]  # (n, N)
+        drop = torch.zeros(n, total, dtype=torch.bool, device=video_local.device)
+        if exclude_pairs is not None:
+            drop |= exclude_pairs[rows].to(torch.bool)
+        soft = None
+        if source_ids is not None:
+            same = source_ids[rows].view(-1, 1) == source_ids.view(1, -1)
+            if same_source == "exclude":
+                drop |= same
+            else:
+                soft = same.to(torch.float32)
+                soft = soft / soft.sum(dim=1, keepdim=True)
+                drop &= ~same  # soft positives stay in
+        drop &= ~is_target
+        total_loss = 0.0
+        for queries, keys in ((video_local, text_all), (text_local, video_all)):
+            logits = (_fp32(queries) @ _fp32(keys).t() / temperature).masked_fill(drop, float("-inf"))
+            if soft is not None:
+                per_row = -(F.log_softmax(logits, dim=1).masked_fill(soft == 0, 0.0) * soft).sum(dim=1)
+            else:
+                per_row = F.cross_entropy(logits, rows, reduction="none")
+            total_loss = total_loss + per_row.sum()
+        return world_size * total_loss / (2 * total)
 
 
 def identical_texts(input_ids: Tensor, attention_mask: Tensor | None = None) -> Tensor:

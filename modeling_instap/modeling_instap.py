@@ -45,10 +45,12 @@ from .losses import (
     gather_counts,
     gather_without_grad,
     identical_texts,
+    local_contrastive_loss,
     mask_tokens_for_mlm,
     matching_loss,
     mlm_loss,
     process_rank,
+    process_world_size,
     reconstruction_loss,
     sample_hard_negatives,
 )
@@ -1416,9 +1418,12 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
     ) -> dict[str, torch.Tensor]:
         config = self.config
         terms = {
-            "vtc": contrastive_loss(
+            "vtc": self._contrastive(
+                video_embeds,
+                text_embeds,
                 all_gather_with_grad(video_embeds),
                 all_gather_with_grad(text_embeds),
+                process_rank() * video_embeds.shape[0],
                 temperature,
                 source_ids=gather_without_grad(source_ids),
                 same_source=config.global_same_source,
@@ -1465,9 +1470,12 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
             gathered_same_text = identical_texts(gathered_ids)
         terms = {
             # Instance counts differ between ranks: gather with padding.
-            "inst_vtc": contrastive_loss(
+            "inst_vtc": self._contrastive(
+                instances.instance_embeds,
+                caption_embeds,
                 all_gather_variable(instances.instance_embeds, instance_counts),
                 all_gather_variable(caption_embeds, instance_counts),
+                sum(instance_counts[: process_rank()]),
                 instance_temperature,
                 source_ids=all_gather_variable(instance_source_id, instance_counts, with_grad=False),
                 same_source=config.instance_same_source,
@@ -1511,14 +1519,28 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         if self.config.exclude_identical_texts:  # join the caption-id gather too (the processor's fixed length)
             empty_captions_ids = torch.zeros(0, text_length, dtype=torch.long, device=device)
             same_text = identical_texts(all_gather_variable(empty_captions_ids, instance_counts, with_grad=False))
-        return contrastive_loss(
+        return self._contrastive(
+            empty_crops,
+            empty_captions,
             all_gather_variable(empty_crops, instance_counts),
             all_gather_variable(empty_captions, instance_counts),
+            sum(instance_counts[: process_rank()]),
             instance_temperature,
             source_ids=all_gather_variable(empty_ids, instance_counts, with_grad=False),
             same_source=self.config.instance_same_source,
             exclude_pairs=same_text,
         )
+
+    def _contrastive(
+        self, video_local, text_local, video_all, text_all, row_offset, temperature, **kwargs
+    ) -> torch.Tensor:
+        """Eq. 2 / Eq. 8 in `config.contrastive_loss_form`: over the whole gathered batch, or this rank's rows."""
+        if self.config.contrastive_loss_form == "local":
+            return local_contrastive_loss(
+                video_local, text_local, video_all, text_all, row_offset, temperature,
+                world_size=process_world_size(), **kwargs,
+            )
+        return contrastive_loss(video_all, text_all, temperature, **kwargs)
 
     def _total_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(loss_term_weight(self.config, name) * value for name, value in terms.items())

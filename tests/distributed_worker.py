@@ -121,7 +121,27 @@ def run_gather(out_dir: str) -> None:
             max_grad_error_without = max(max_grad_error_without, float((grad - reference_grad).abs().max()))
         rec = local["loss_rec"].clone()
         dist.all_reduce(rec)
+        # The local-loss form (each rank its own rows against the gathered columns): the same mean loss over ranks
+        # and the same DDP-averaged gradients, with and without a rank lacking instances.
+        model.config.contrastive_loss_form = "local"
+        local_form = {}
+        for case, batch_samples, ref in (
+            ("all", local_samples, reference),
+            ("without_last", without_last[rank * local_batch : (rank + 1) * local_batch], reference_without_last),
+        ):
+            out = _contrastive_terms_and_grads(model, collate_align_batch(batch_samples))
+            error = 0.0
+            for name, reference_grad in ref["grads"].items():
+                grad = out["grads"].get(name, torch.zeros_like(reference_grad))
+                dist.all_reduce(grad)
+                error = max(error, float((grad / world - reference_grad).abs().max()))
+            losses = torch.stack([out["loss_vtc"].detach(), out["loss_inst_vtc"].detach()]).clone()
+            dist.all_reduce(losses)
+            local_form[case] = {"max_grad_error": error, "mean_losses": (losses / world).tolist(),
+                                "reference_losses": [float(ref["loss_vtc"]), float(ref["loss_inst_vtc"])]}
+        model.config.contrastive_loss_form = "global"
         result = {
+            "local_form": local_form,
             "world_size": world,
             "instances_per_rank": [int(n) for n in num_instances],
             "loss_vtc": float(local["loss_vtc"]),

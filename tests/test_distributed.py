@@ -124,6 +124,17 @@ def test_gathered_contrastive_losses_and_gradients_match_one_process(gather_resu
         assert result["max_grad_error"] <= 1e-10 * result["max_reference_grad"]
 
 
+def test_local_contrastive_form_equals_the_global_form_in_gradient(gather_results):
+    """`contrastive_loss_form="local"`: each rank scores its own rows against the gathered columns; the mean loss
+    over ranks and the DDP-averaged gradients equal one process on the global batch (also with a rank that has no
+    instances)."""
+    for result in gather_results:
+        for case in ("all", "without_last"):
+            numbers = result["local_form"][case]
+            assert numbers["mean_losses"] == pytest.approx(numbers["reference_losses"], rel=1e-12)
+            assert numbers["max_grad_error"] <= 1e-10 * result["max_reference_grad"]
+
+
 def test_rank_without_instances_joins_the_instance_gathers(gather_results):
     """A rank whose batch has no instance neither hangs the others nor changes the instance VTC: it takes part in
     the gathers with zero rows, and the losses and DDP-averaged gradients equal one process on the global batch."""

@@ -22,6 +22,7 @@ from modeling_instap.losses import (
     gather_counts,
     gather_without_grad,
     generalized_box_iou,
+    local_contrastive_loss,
     mask_tokens_for_mlm,
     matching_loss,
     mlm_loss,
@@ -517,7 +518,27 @@ def _dist_worker(rank: int, init_file: str, out_dir: str) -> None:
             temp_grad = temp.grad.clone()
             dist.all_reduce(proj_grad)
             dist.all_reduce(temp_grad)
+            # The local-loss form: this rank's rows against the gathered columns, the same update under DDP.
+            xv2 = prob["xv"][rows].clone().requires_grad_()
+            xt2 = prob["xt"][rows].clone().requires_grad_()
+            proj2 = prob["proj"].clone().requires_grad_()
+            temp2 = torch.tensor(prob["temp"], dtype=torch.float64, requires_grad=True)
+            v2, t2 = F.normalize(xv2 @ proj2, dim=-1), F.normalize(xt2 @ proj2, dim=-1)
+            local = local_contrastive_loss(
+                v2, t2, all_gather_with_grad(v2), all_gather_with_grad(t2), rank * _LOCAL, temp2,
+                source_ids=ids, same_source=mode, world_size=_WORLD,
+            )
+            local.backward()
+            local_proj_grad, local_temp_grad = proj2.grad.clone(), temp2.grad.clone()
+            dist.all_reduce(local_proj_grad)
+            dist.all_reduce(local_temp_grad)
+            local_value = local.detach().clone()
+            dist.all_reduce(local_value)
             results[(use_ids, mode)] = {
+                "local_loss_mean": local_value / _WORLD,
+                "local_proj_grad": local_proj_grad / _WORLD,
+                "local_temp_grad": local_temp_grad / _WORLD,
+                "local_xv_grad": xv2.grad.detach(),
                 "loss": loss.detach(),
                 "v_local_grad": v_local.grad.detach(),
                 "t_local_grad": t_local.grad.detach(),
@@ -560,6 +581,11 @@ def test_two_process_gloo_matches_single_process():
             torch.testing.assert_close(res["xv_grad"] / _WORLD, xv.grad[rows])
             torch.testing.assert_close(res["proj_grad"], proj.grad)
             torch.testing.assert_close(res["temp_grad"], temp.grad)
+            # The local-loss form: the same mean loss and, after DDP's averaging, the same gradients.
+            torch.testing.assert_close(res["local_loss_mean"], loss.detach())
+            torch.testing.assert_close(res["local_proj_grad"], proj.grad)
+            torch.testing.assert_close(res["local_temp_grad"], temp.grad)
+            torch.testing.assert_close(res["local_xv_grad"], res["xv_grad"])
 
 
 def test_identical_texts_ignores_padding_and_excludes_pairs_from_the_contrastive_denominators():
