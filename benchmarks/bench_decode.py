@@ -19,9 +19,7 @@ Three measurements, in one run:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import tempfile
 import time
 
@@ -30,14 +28,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-
-from media_utils import make_tiny_tokenizer  # noqa: E402
-
 from instap_processing import InstAPProcessor, InstAPVideoProcessor, decode_video, sample_frame_indices  # noqa: E402
 from instap_processing.collator import InstAPDataCollator  # noqa: E402
 from instap_processing.streaming import InstVLIterableDataset  # noqa: E402
 from instap_processing.synthetic import SyntheticConfig, available_video_codec, generate_split  # noqa: E402
+from instap_train.demo_data import build_caption_tokenizer  # noqa: E402
 
 
 def make_video(seconds: int, width: int, height: int, fps: int, gop_size: int) -> bytes:
@@ -243,7 +238,7 @@ def main() -> None:
     torch.manual_seed(0)
 
     with tempfile.TemporaryDirectory() as directory:
-        tokenizer = make_tiny_tokenizer(directory)
+        tokenizer = build_caption_tokenizer([{"caption": "a red square moves left on a grey background"}], directory)
     bench_decoder(args)
     loader_result = bench_loader(args, tokenizer)
     bench_model(args, tokenizer, loader_result)

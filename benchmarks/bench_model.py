@@ -30,8 +30,6 @@ from dataclasses import dataclass
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from modeling_instap import InstAPConfig, InstAPForPreTraining  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------------------------

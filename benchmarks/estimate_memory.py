@@ -51,13 +51,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import sys
 from dataclasses import dataclass, replace
 
 import torch
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from modeling_instap import InstAPConfig, InstAPForPreTraining  # noqa: E402
 from modeling_instap.masking import visible_count  # noqa: E402
