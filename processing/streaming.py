@@ -123,10 +123,20 @@ class BadSampleTracker:
         self.reasons[error.reason] += 1
         if self.num_bad <= self.log_first or self.num_bad % 100 == 0:
             logger.warning("Skipping bad sample (%d skipped so far): %s", self.num_bad, error)
+        self._check_caps(f"by reason: {dict(self.reasons)}. Last: {error}")
+
+    def add_counts(self, num_bad: int, num_good: int) -> None:
+        """Counts skipped and good samples reported elsewhere (the batches of DataLoader workers) and applies the
+        caps to the totals; raises [`TooManyBadSamplesError`] when one is passed."""
+        self.num_bad += int(num_bad)
+        self.num_seen += int(num_bad) + int(num_good)
+        if num_bad:
+            self._check_caps("see the logged InstVLSampleError messages.")
+
+    def _check_caps(self, details: str) -> None:
         if self.max_bad_samples is not None and self.num_bad > self.max_bad_samples:
             raise TooManyBadSamplesError(
-                f"{self.num_bad} bad samples skipped (cap max_bad_samples={self.max_bad_samples}); by reason: "
-                f"{dict(self.reasons)}. Last: {error}"
+                f"{self.num_bad} bad samples skipped (cap max_bad_samples={self.max_bad_samples}); {details}"
             )
         if (
             self.max_bad_fraction is not None
@@ -135,7 +145,7 @@ class BadSampleTracker:
         ):
             raise TooManyBadSamplesError(
                 f"{self.num_bad} of {self.num_seen} samples were bad ({self.num_bad / self.num_seen:.0%} > "
-                f"max_bad_fraction={self.max_bad_fraction:.0%}); by reason: {dict(self.reasons)}. Last: {error}"
+                f"max_bad_fraction={self.max_bad_fraction:.0%}); {details}"
             )
 
     def check_end_of_stream(self) -> None:

@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.utils import logging
 
-from instap_processing.errors import TooManyBadSamplesError
+from instap_processing.streaming import BadSampleTracker
 from modeling_instap.modeling_instap import STAGE2_LOSS_WEIGHTS
 
 logger = logging.get_logger(__name__)
@@ -72,12 +72,8 @@ class _InstAPTrainer(Trainer):
         # Instances the processor left out (box mostly out of view after augmentation), this process, since start.
         self.dropped_instances = 0
         # Bad samples skipped by the data (every DataLoader worker of this process; the batches carry the counts)
-        # and samples seen, this process, since start. The caps apply to these, whatever the worker count.
-        self.skipped_samples = 0
-        self.samples_seen = 0
-        self.max_bad_samples = max_bad_samples
-        self.max_bad_fraction = max_bad_fraction
-        self.min_samples_for_fraction = min_samples_for_fraction
+        # and samples read, this process, since start. The caps apply to these, whatever the worker count.
+        self.sample_counts = BadSampleTracker(max_bad_samples, max_bad_fraction, min_samples_for_fraction)
 
     def create_optimizer(self, model=None):
         """The Trainer's AdamW, whose `step` is skipped after a non-finite loss in its accumulation window.
@@ -165,7 +161,7 @@ class _InstAPTrainer(Trainer):
         skipped = inputs.pop("num_skipped_samples", None)
         if model.training:
             self.dropped_instances += int(dropped) if dropped is not None else 0
-            self._count_samples(int(skipped) if skipped is not None else 0, int(inputs["pixel_values"].shape[0]))
+            self.sample_counts.add_counts(int(skipped) if skipped is not None else 0, int(inputs["pixel_values"].shape[0]))
         outputs = model(**inputs)
         loss = outputs.loss
         if model.training:
@@ -215,27 +211,11 @@ class _InstAPTrainer(Trainer):
         # A zero that still touches every trainable parameter, so DDP's reducer sees all of them.
         return sum((param * 0.0).sum() for param in model.parameters() if param.requires_grad)
 
-    def _count_samples(self, skipped: int, good: int) -> None:
-        self.skipped_samples += skipped
-        self.samples_seen += skipped + good
-        if self.max_bad_samples is not None and self.skipped_samples > self.max_bad_samples:
-            raise TooManyBadSamplesError(
-                f"{self.skipped_samples} bad samples skipped (cap max_bad_samples={self.max_bad_samples}); see the "
-                "logged InstVLSampleError messages."
-            )
-        if (
-            self.max_bad_fraction is not None
-            and self.samples_seen >= self.min_samples_for_fraction
-            and self.skipped_samples / self.samples_seen > self.max_bad_fraction
-        ):
-            raise TooManyBadSamplesError(
-                f"{self.skipped_samples} of {self.samples_seen} samples were bad "
-                f"({self.skipped_samples / self.samples_seen:.0%} > max_bad_fraction={self.max_bad_fraction:.0%})."
-            )
-
     def global_sample_counts(self) -> tuple[int, int]:
-        """(skipped, seen) summed over processes (a collective under DDP)."""
-        counts = torch.tensor([float(self.skipped_samples), float(self.samples_seen)], dtype=torch.float64)
+        """(skipped, read) summed over processes (a collective under DDP)."""
+        counts = torch.tensor(
+            [float(self.sample_counts.num_bad), float(self.sample_counts.num_seen)], dtype=torch.float64
+        )
         if self.accelerator.num_processes > 1:
             counts = self.accelerator.reduce(counts.to(self.accelerator.device), reduction="sum").cpu()
         return int(counts[0]), int(counts[1])
@@ -254,7 +234,7 @@ class _InstAPTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log (evaluation logs carry eval_* keys)
             sums, counts = self._term_sums.clone(), self._term_counts.clone()
-            extra = torch.tensor([float(self.dropped_instances), float(self.skipped_samples)], dtype=torch.float64)
+            extra = torch.tensor([float(self.dropped_instances), float(self.sample_counts.num_bad)], dtype=torch.float64)
             if self.accelerator.num_processes > 1:
                 stacked = torch.cat([sums, counts, extra]).to(self.accelerator.device)
                 stacked = self.accelerator.reduce(stacked, reduction="sum").cpu()
