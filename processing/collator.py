@@ -20,7 +20,8 @@ class InstAPDataCollator:
     when the batch has instances, `instance_pixel_values`, `instance_input_ids`, `instance_attention_mask`,
     `instance_sample_index`, `instance_source_id`. The variable number of instances per sample is flattened (`N`
     crops in total, each with the index of its clip) so no padding is needed. Stage 1 (`text=False,
-    instances=False`) returns only `pixel_values`. No strings are returned (Trainer passes every key to the model).
+    instances=False`) returns `pixel_values`. Both also return `num_skipped_samples` (`()` long: the bad samples
+    skipped since the batch's previous one, counted by the trainer). No strings are returned.
 
     Args:
         processor ([`InstAPProcessor`]): its video processor and tokenizer do the work.

@@ -29,6 +29,7 @@ CONTRACT_TYPES = {
     "attention_mask": torch.long,
     "source_ids": torch.long,
     "num_dropped_instances": torch.long,
+    "num_skipped_samples": torch.long,
     "instance_pixel_values": torch.float32,
     "instance_input_ids": torch.long,
     "instance_attention_mask": torch.long,
@@ -131,7 +132,8 @@ def test_stage_one_collator_returns_only_pixel_values(data_dir, processor):
     )
     collator = InstAPDataCollator(processor, text=False, instances=False)
     batch = next(iter(DataLoader(dataset, batch_size=3, collate_fn=collator)))
-    assert set(batch) == {"pixel_values"} and batch["pixel_values"].shape == (3, 4, 3, 32, 32)
+    assert set(batch) == {"pixel_values", "num_skipped_samples"} and batch["pixel_values"].shape == (3, 4, 3, 32, 32)
+    assert int(batch["num_skipped_samples"]) == 0
 
 
 def test_evaluation_collator_is_deterministic(data_dir, processor):
