@@ -1594,6 +1594,7 @@ class InstAPForGrounding(InstAPPreTrainedModel):
         )
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
@@ -1601,7 +1602,7 @@ class InstAPForGrounding(InstAPPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         box_mask: torch.Tensor | None = None,
-        **kwargs,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> InstAPForGroundingOutput:
         r"""
         Args:

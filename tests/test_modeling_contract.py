@@ -187,6 +187,26 @@ def test_pretraining_output_is_a_tuple_with_return_dict_false():
     torch.testing.assert_close(as_tuple[0], as_dict.loss)
 
 
+def test_task_heads_return_tuples_with_return_dict_false():
+    from modeling_instap import InstAPForGrounding, InstAPForMaskedVideoModeling
+
+    config = tiny_config(deterministic=True)
+    inputs = _inputs()
+    grounding = InstAPForGrounding(config).eval()
+    with torch.no_grad():
+        as_dict = grounding(**inputs)
+        as_tuple = grounding(**inputs, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.pred_boxes)
+    stage1 = InstAPForMaskedVideoModeling(config).eval()
+    torch.manual_seed(0)
+    loss = stage1(inputs["pixel_values"]).loss
+    torch.manual_seed(0)
+    as_tuple = stage1(inputs["pixel_values"], return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], loss)
+
+
 def test_text_config_with_special_tokens_outside_the_vocabulary_warns_not_raises(caplog):
     """A config rebuilt for a small vocabulary keeps BERT's special ids (101-103): transformers only warns there."""
     import logging
