@@ -1462,12 +1462,13 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
             input_ids=instance_input_ids, attention_mask=instance_attention_mask, mode="text", return_dict=True
         )
         caption_embeds = F.normalize(self.instap.text_projection(text_outputs.pooler_output), dim=-1)
+        row_offset = sum(instance_counts[: process_rank()])  # this rank's first row among the gathered instances
         same_text = gathered_same_text = None
         if config.exclude_identical_texts:
-            same_text = identical_texts(instance_input_ids, instance_attention_mask)
             masked_ids = instance_input_ids.masked_fill(instance_attention_mask == 0, -1)
-            gathered_ids = all_gather_variable(masked_ids, instance_counts, with_grad=False)
-            gathered_same_text = identical_texts(gathered_ids)
+            gathered_same_text = identical_texts(all_gather_variable(masked_ids, instance_counts, with_grad=False))
+            rows = slice(row_offset, row_offset + instance_input_ids.shape[0])
+            same_text = gathered_same_text[rows, rows]  # this rank's block, for the local VTM negatives
         terms = {
             # Instance counts differ between ranks: gather with padding.
             "inst_vtc": self._contrastive(
@@ -1475,7 +1476,7 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
                 caption_embeds,
                 all_gather_variable(instances.instance_embeds, instance_counts),
                 all_gather_variable(caption_embeds, instance_counts),
-                sum(instance_counts[: process_rank()]),
+                row_offset,
                 instance_temperature,
                 source_ids=all_gather_variable(instance_source_id, instance_counts, with_grad=False),
                 same_source=config.instance_same_source,
