@@ -412,6 +412,7 @@ def evaluate_benchmark(
     cache_bytes: int = DEFAULT_CACHE_BYTES,
     max_text_length: int | None = None,
     fusion_batch_size: int = 256,
+    rerank_score: str = "positive_logit",
 ) -> dict[str, Any]:
     """Global zero-shot retrieval on a `RetrievalBenchmark` (dual encoder, then matching-head re-ranking).
 
@@ -432,7 +433,7 @@ def evaluate_benchmark(
     start = time.perf_counter()
     result = zero_shot_retrieval(
         model, videos, tokens["input_ids"], tokens["attention_mask"], text_to_video,
-        k=k, rerank=rerank, fusion_batch_size=fusion_batch_size,
+        k=k, rerank=rerank, fusion_batch_size=fusion_batch_size, rerank_score=rerank_score,
     )
     return {
         "global": result_to_dict(result),
@@ -442,6 +443,7 @@ def evaluate_benchmark(
         "num_frames": num_frames,
         "max_text_length": max_text_length,
         "k": k,
+        "rerank_score": rerank_score,
         "seconds": time.perf_counter() - start,
         "decoded_batches": videos.num_decoded_batches,
         "batches": len(videos),
@@ -473,6 +475,7 @@ def evaluate_instvl_split(
     use_attention_pool: bool = True,
     max_samples: int | None = None,
     fusion_batch_size: int = 256,
+    rerank_score: str = "positive_logit",
 ) -> dict[str, Any]:
     """Global and instance retrieval on one InstVL split (METHOD §5, Table 1).
 
@@ -514,7 +517,7 @@ def evaluate_instvl_split(
     start = time.perf_counter()
     global_result = zero_shot_retrieval(
         model, pixel_batches, tokens["input_ids"], tokens["attention_mask"], torch.arange(len(order)),
-        k=k, rerank=rerank, fusion_batch_size=fusion_batch_size,
+        k=k, rerank=rerank, fusion_batch_size=fusion_batch_size, rerank_score=rerank_score,
     )
     output: dict[str, Any] = {
         "global": result_to_dict(global_result),
@@ -522,12 +525,13 @@ def evaluate_instvl_split(
         "num_texts": len(order),
         "num_frames": num_frames,
         "k": k,
+        "rerank_score": rerank_score,
     }
     if instances:
         try:
             instance_result = instance_retrieval(
                 model, split_batches, k=k, rerank=rerank, use_attention_pool=use_attention_pool,
-                fusion_batch_size=fusion_batch_size,
+                fusion_batch_size=fusion_batch_size, rerank_score=rerank_score,
             )
         except NoInstancesError:
             logger.warning("Split %r has no instances: instance retrieval skipped.", split)

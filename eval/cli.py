@@ -29,6 +29,8 @@ from typing import Any
 
 import torch
 
+from .zero_shot import RERANK_SCORES, describe_rerank
+
 __all__ = ["build_parser", "load_model_and_processor", "main"]
 
 
@@ -57,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--num_frames", type=int, default=None, help="Frames per video (default: the processor's).")
     parser.add_argument("--k", type=int, default=128, help="Candidates re-ranked by the matching head per query.")
     parser.add_argument("--no_rerank", action="store_true", help="Dual-encoder scores only.")
+    parser.add_argument("--rerank_score", choices=RERANK_SCORES, default="positive_logit",
+                        help="Re-ranked score of a pair: the matching head's positive logit (METHOD §5, UMT) or 'fused', "
+                        "the dual encoder's and the matching head's log probabilities added.")
     parser.add_argument("--no_instance", action="store_true", help="InstVL: skip instance retrieval.")
     parser.add_argument("--no_attention_pool", action="store_true",
                         help="InstVL instance retrieval: score crops alone (as global-only models such as UMT).")
@@ -109,6 +114,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     common = dict(
         num_frames=args.num_frames, k=args.k, rerank=not args.no_rerank, batch_size=args.batch_size,
         num_workers=args.num_workers, cache_bytes=cache_bytes, fusion_batch_size=args.fusion_batch_size,
+        rerank_score=args.rerank_score,
     )
     evaluations: dict[str, Any] = {}
     if data_format == "benchmark":
@@ -137,8 +143,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     table = format_results_table(rows)
     print(table)
     if not args.no_rerank:
-        print(f"Re-ranked rows: the matching head's positive logit on each query's top {args.k} (--k); recalls only, "
-              "since ranks outside the top k are not meaningful.")
+        print(describe_rerank(args.rerank_score, args.k))
     output = {
         "model": args.model,
         "data": args.data,

@@ -3,8 +3,11 @@
 
 1. Dual encoder: every text and every video is embedded once; `scores[v, t]` = cosine similarity (frame-averaged
    for videos, see `InstAPModel.get_video_features`). The score matrix is built in chunks.
-2. Re-ranking: for each query, its top-k candidates are scored by the matching head on fused pairs (the positive
-   logit); every other candidate gets -100. Text→video and video→text are re-ranked separately, as in UMT.
+2. Re-ranking: for each query, its top-k candidates are scored by the matching head on fused pairs; every other
+   candidate gets -100. Text→video and video→text are re-ranked separately, as in UMT. The score of a candidate is
+   `rerank_score`: `"positive_logit"` (METHOD §5, UMT) or `"fused"`, the log of the product of both models'
+   probabilities, `s/τ + log p(match)` (BLIP adds the similarity to the logit for the same reason: a matching head
+   that is less sure than the dual encoder refines its ranking instead of replacing it).
 
 Memory stays bounded: video tokens (the fusion context, the big tensors) are never held for the whole split. The
 second pass walks the videos in chunks, re-encodes each chunk (or reuses a chunk cache within a byte budget) and
@@ -27,12 +30,48 @@ __all__ = [
     "encode_texts",
     "encode_videos",
     "instance_retrieval",
+    "RERANK_SCORES",
+    "describe_rerank",
     "rerank_with_matching_head",
     "similarity_in_chunks",
     "zero_shot_retrieval",
 ]
 
 RERANK_FLOOR = -100.0  # UMT's score for candidates outside the top k
+RERANK_SCORES = ("positive_logit", "fused")
+
+
+def check_rerank_score(rerank_score: str) -> None:
+    if rerank_score not in RERANK_SCORES:
+        raise ValueError(f"rerank_score must be one of {RERANK_SCORES}, got {rerank_score!r}.")
+
+
+def describe_rerank(rerank_score: str, k: int) -> str:
+    """One sentence for a results table: what the re-ranked rows are."""
+    rule = {
+        "positive_logit": "the matching head's positive logit",
+        "fused": "the dual encoder's and the matching head's log probabilities added (s/τ + log p(match))",
+    }[rerank_score]
+    return f"Re-ranked rows: {rule} on each query's top {k}; recalls only, since ranks outside the top k are not meaningful."
+
+
+def rerank_pair_scores(
+    match_logits: torch.Tensor, dual_scores: torch.Tensor, rerank_score: str, temperature: float | None = None
+) -> torch.Tensor:
+    """The re-ranked score of each pair from its matching-head logits `(pairs, 2)` and dual-encoder cosine `(pairs,)`.
+
+    `"positive_logit"`: the logit of "matches". `"fused"`: `cosine / temperature + log softmax(logits)[1]`, the log of
+    the dual encoder's (unnormalised) and the matching head's probabilities; the per-query normaliser of the dual
+    encoder's softmax does not change a query's ranking. Fused scores are kept above `RERANK_FLOOR`, so a top-k
+    candidate always ranks above the rest.
+    """
+    check_rerank_score(rerank_score)
+    if rerank_score == "positive_logit":
+        return match_logits[:, 1]
+    if temperature is None:
+        raise ValueError('rerank_score="fused" needs the dual encoder\'s temperature.')
+    fused = dual_scores / temperature + match_logits.float().log_softmax(dim=-1)[:, 1]
+    return fused.clamp_min(RERANK_FLOOR + 1)
 
 
 @dataclass
@@ -111,8 +150,10 @@ def rerank_with_matching_head(
     video_token_batches: Callable[[], Iterator[torch.Tensor]],
     k: int = 128,
     fusion_batch_size: int = 256,
+    rerank_score: str = "positive_logit",
+    temperature: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Re-rank the top `k` of each query by the matching head's positive logit (UMT `itm` re-ranking).
+    """Re-rank the top `k` of each query by the matching head (UMT `itm` re-ranking).
 
     Args:
         scores: `(num_videos, num_texts)` dual-encoder scores.
@@ -120,11 +161,14 @@ def rerank_with_matching_head(
         video_token_batches: a callable returning a fresh iterator over the videos' token tensors
             `(batch, tokens, width)` in the order of `scores`' rows (re-encoding on the fly keeps memory bounded).
         k: candidates re-ranked per query (`k_test`, 128 in UMT/InstAP).
+        rerank_score, temperature: how a pair is scored (`rerank_pair_scores`; `"fused"` needs the temperature of
+            `scores`).
 
     Returns:
-        `(scores_v2t, scores_t2v)`, both `(num_videos, num_texts)`: matching-head scores on each direction's top-k
+        `(scores_v2t, scores_t2v)`, both `(num_videos, num_texts)`: re-ranked scores on each direction's top-k
         pairs and -100 elsewhere.
     """
+    check_rerank_score(rerank_score)
     backbone = _backbone(model)
     device = next(backbone.parameters()).device
     num_videos, num_texts = scores.shape
@@ -158,7 +202,7 @@ def rerank_with_matching_head(
                 texts.hidden_states[text_index].to(device),
                 texts.attention_mask[text_index].to(device),
             )
-            positive = logits[:, 1].float().cpu()
+            positive = rerank_pair_scores(logits.cpu(), scores[videos, text_index], rerank_score, temperature).float()
             is_t2v = direction[sl]
             v2t[videos[~is_t2v], text_index[~is_t2v]] = positive[~is_t2v]
             t2v[videos[is_t2v], text_index[is_t2v]] = positive[is_t2v]
@@ -178,6 +222,7 @@ def zero_shot_retrieval(
     text_batch_size: int = 256,
     fusion_batch_size: int = 256,
     identical_texts_match: bool = True,
+    rerank_score: str = "positive_logit",
 ) -> RetrievalResult:
     """Global video-text retrieval: dual-encoder scores, then matching-head re-ranking of the top `k`.
 
@@ -189,6 +234,7 @@ def zero_shot_retrieval(
             caption; several captions may share a video).
         identical_texts_match: texts with identical tokens share their videos in the ground truth
             (`ground_truth_with_identical_texts`; METHOD §5: the best-ranked correct item counts).
+        rerank_score: the re-ranked score of a pair (`rerank_pair_scores`).
     """
     import time
 
@@ -214,7 +260,11 @@ def zero_shot_retrieval(
             for pixel_values in video_batches():
                 yield backbone.vision_model(pixel_values.to(device)).last_hidden_state
 
-        v2t, t2v = rerank_with_matching_head(model, scores, texts, token_batches, k=k, fusion_batch_size=fusion_batch_size)
+        temperature = _backbone(model).clamped_temperatures()[0].item()
+        v2t, t2v = rerank_with_matching_head(
+            model, scores, texts, token_batches, k=k, fusion_batch_size=fusion_batch_size, rerank_score=rerank_score,
+            temperature=temperature,
+        )
         timings["rerank_s"] = time.perf_counter() - start
         metrics_rerank = _rerank_metrics(v2t, t2v, text_to_video)
     _backbone(model).train(model_was_training)
@@ -248,6 +298,7 @@ def instance_retrieval(
     use_attention_pool: bool = True,
     fusion_batch_size: int = 256,
     identical_texts_match: bool = True,
+    rerank_score: str = "positive_logit",
 ) -> RetrievalResult:
     """Instance retrieval (METHOD §5): instance crops against all instance captions of the split.
 
@@ -309,8 +360,11 @@ def instance_retrieval(
     if rerank:
         start = time.perf_counter()
         context = torch.cat(contexts)
+        # Crops alone (global-only models) were scored with the global temperature, through the pool the instance one.
+        temperature = backbone.clamped_temperatures()[1 if use_attention_pool else 0].item()
         v2t, t2v = rerank_with_matching_head(
-            model, scores, texts, lambda: iter(context.split(fusion_batch_size)), k=k, fusion_batch_size=fusion_batch_size
+            model, scores, texts, lambda: iter(context.split(fusion_batch_size)), k=k, fusion_batch_size=fusion_batch_size,
+            rerank_score=rerank_score, temperature=temperature,
         )
         timings["rerank_s"] = time.perf_counter() - start
         metrics_rerank = _rerank_metrics(v2t, t2v, ground_truth)

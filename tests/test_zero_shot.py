@@ -117,3 +117,51 @@ def test_identical_texts_count_as_correct(model_and_data):
     assert result.metrics_dual == pytest.approx(expected)
     off = zero_shot_retrieval(model, batches_of(videos, 3), ids, mask, torch.arange(6), k=3, identical_texts_match=False)
     assert off.metrics_dual == pytest.approx(video_text_retrieval_metrics(result.scores_dual, torch.arange(6)))
+
+
+def test_fused_rerank_is_dual_plus_match_log_probability(model_and_data):
+    """`rerank_score="fused"`: each top-k pair scores cosine / τ + log p(match), checked against the dense reference."""
+    model, videos, input_ids, attention_mask, text_to_video = model_and_data
+    result = zero_shot_retrieval(
+        model, batches_of(videos, 4), input_ids, attention_mask, text_to_video, k=3, rerank_score="fused"
+    )
+    scores, v2t_logit, _ = brute_force(model, videos, input_ids, attention_mask, k=3)
+    with torch.no_grad():
+        tokens = model.vision_model(videos).last_hidden_state
+        text = model.get_text_features(input_ids, attention_mask)
+        log_p = torch.empty_like(scores)
+        for v in range(scores.shape[0]):
+            for t in range(scores.shape[1]):
+                logits = model.match_score(tokens[v : v + 1], text.last_hidden_state[t : t + 1], attention_mask[t : t + 1])
+                log_p[v, t] = logits.log_softmax(-1)[0, 1]
+    temperature = model.clamped_temperatures()[0]
+    kept = v2t_logit != RERANK_FLOOR
+    expected = torch.where(kept, scores / temperature + log_p, torch.full_like(scores, RERANK_FLOOR))
+    torch.testing.assert_close(result.scores_rerank_v2t, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fused_rerank_with_an_indifferent_matching_head_keeps_the_dual_ranking(model_and_data):
+    """A matching head that outputs the same logits for every pair adds a constant: fused = dual ranking, while the
+    positive logit alone ties every candidate (so its ranking is arbitrary, not the dual encoder's)."""
+    import copy
+
+    model, videos, input_ids, attention_mask, _ = model_and_data
+    indifferent = copy.deepcopy(model)
+    with torch.no_grad():
+        indifferent.itm_head.weight.zero_()
+        indifferent.itm_head.bias.copy_(torch.tensor([0.3, -0.2]))
+    text_to_video = torch.arange(6).tolist() + [2]
+    fused = zero_shot_retrieval(
+        indifferent, batches_of(videos, 6), input_ids, attention_mask, text_to_video, k=100, rerank_score="fused"
+    )
+    assert torch.equal(fused.scores_rerank_v2t.argsort(dim=1), fused.scores_dual.argsort(dim=1))
+    assert torch.equal(fused.scores_rerank_t2v.argsort(dim=0), fused.scores_dual.argsort(dim=0))
+    assert fused.metrics_rerank == pytest.approx({key: fused.metrics_dual[key] for key in fused.metrics_rerank})
+    logit = zero_shot_retrieval(indifferent, batches_of(videos, 6), input_ids, attention_mask, text_to_video, k=100)
+    assert torch.unique(logit.scores_rerank_v2t).numel() == 1
+
+
+def test_unknown_rerank_score_is_an_error(model_and_data):
+    model, videos, input_ids, attention_mask, text_to_video = model_and_data
+    with pytest.raises(ValueError, match="rerank_score must be one of"):
+        zero_shot_retrieval(model, batches_of(videos, 6), input_ids, attention_mask, text_to_video, rerank_score="itc")

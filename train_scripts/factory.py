@@ -18,6 +18,7 @@ import torch
 from transformers import AutoTokenizer, HfArgumentParser, TrainingArguments, set_seed
 from transformers.utils import logging
 
+from instap_eval.zero_shot import RERANK_SCORES, check_rerank_score
 from instap_processing import InstAPProcessor, InstAPVideoProcessor
 from instap_processing.instvl import load_instvl
 from instap_processing.streaming import InstVLIterableDataset, InstVLMapDataset
@@ -88,6 +89,11 @@ class DataArguments:
     )
     max_eval_samples: int | None = None
     rerank_k: int = field(default=128, metadata={"help": "Candidates re-ranked by the matching head per query."})
+    rerank_score: str = field(
+        default="positive_logit",
+        metadata={"help": "Re-ranked score of a pair: 'positive_logit' (method §5, UMT) or 'fused' (the dual "
+                  "encoder's and the matching head's log probabilities added).", "choices": list(RERANK_SCORES)},
+    )
     synthetic_dir: str = field(default=os.path.join(DEFAULT_CACHE, "synthetic_instvl"))
     synthetic_num_train: int = 512
     synthetic_num_test: int = 128
@@ -103,6 +109,9 @@ class DataArguments:
         metadata={"help": "Intra-op threads of this process (torch.set_num_threads). Default: torch's own. On a small "
                   "CPU machine leave cores to the DataLoader workers (the demo: 1 thread beside 2 workers)."},
     )
+
+    def __post_init__(self) -> None:
+        check_rerank_score(self.rerank_score)  # argparse checks choices, a JSON argument file does not
 
 
 def _explicit_flags(argv: list[str]) -> set[str]:
