@@ -68,12 +68,17 @@ def evaluate_variant(output_dir: str, use_attention_pool: bool, args) -> tuple[d
         synthetic_dir=args.synthetic_dir, synthetic_num_train=args.num_train, synthetic_num_test=args.num_test,
         eval_splits=args.splits, rerank_k=16,
     )
-    results, chance = evaluate_splits(
+    evaluations = evaluate_splits(
         model, processor, resolve_dataset(data_args), data_args, processor.video_processor.num_frames, 32,
         instance_attention_pool=use_attention_pool,
     )
-    rows = {name: metrics["r_mean"] for name, metrics in results.items() if name.endswith("dual encoder")}
-    return rows, {name: chance[name] for name in rows}
+    rows, chance = {}, {}
+    for split, evaluation in evaluations.items():
+        for part in ("global", "instance"):
+            if part in evaluation:
+                rows[f"{split} {part}"] = evaluation[part]["dual_encoder"]["r_mean"]
+                chance[f"{split} {part}"] = evaluation[part]["chance_r_mean"]
+    return rows, chance
 
 
 def run_table(variants: dict, args) -> tuple[dict[str, dict[str, list[float]]], dict[str, float], dict[str, float]]:
@@ -106,14 +111,13 @@ def format_table4(table, chance) -> str:
     lines = [f"| mean recall (dual encoder) | {name_a} | {name_b} | (b) − (a) per seed | chance |", "|---|---:|---:|---:|---:|"]
     for row in sorted(a):
         differences = [vb - va for va, vb in zip(a[row], b[row])]
-        label = row.replace(", dual encoder", "")
-        lines.append(f"| {label} | {mean_std(a[row])} | {mean_std(b[row])} | {mean_std(differences)} | {chance[row]:.2f} |")
+        lines.append(f"| {row} | {mean_std(a[row])} | {mean_std(b[row])} | {mean_std(differences)} | {chance[row]:.2f} |")
     return "\n".join(lines)
 
 
 def format_table5(table, chance) -> str:
     rows = sorted({row for results in table.values() for row in results if " instance" in row})
-    lines = ["| instance mean recall | " + " | ".join(r.replace(" instance, dual encoder", "") for r in rows) + " |",
+    lines = ["| instance mean recall | " + " | ".join(r.replace(" instance", "") for r in rows) + " |",
              "|---" + "|---:" * len(rows) + "|"]
     for name, results in table.items():
         lines.append(f"| {name} | " + " | ".join(mean_std(results[row]) for row in rows) + " |")

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -58,6 +59,7 @@ from instap_processing.decoding import IMAGE_EXTENSIONS, decode_media
 from instap_processing.errors import InstVLSampleError
 from instap_processing.records import decode_caption
 
+from .retrieval import chance_mean_recall
 from .zero_shot import NoInstancesError, RetrievalResult, instance_retrieval, zero_shot_retrieval
 
 __all__ = [
@@ -69,6 +71,7 @@ __all__ = [
     "evaluate_benchmark",
     "evaluate_instvl_split",
     "format_results_table",
+    "results_rows",
     "is_benchmark_file",
     "load_benchmark_json",
     "media_batches",
@@ -520,7 +523,7 @@ def evaluate_instvl_split(
         k=k, rerank=rerank, fusion_batch_size=fusion_batch_size, rerank_score=rerank_score,
     )
     output: dict[str, Any] = {
-        "global": result_to_dict(global_result),
+        "global": {**result_to_dict(global_result), "chance_r_mean": chance_mean_recall(len(order))},
         "num_videos": len(order),
         "num_texts": len(order),
         "num_frames": num_frames,
@@ -536,8 +539,9 @@ def evaluate_instvl_split(
         except NoInstancesError:
             logger.warning("Split %r has no instances: instance retrieval skipped.", split)
         else:
-            output["instance"] = result_to_dict(instance_result)
-            output["num_instances"] = int(instance_result.scores_dual.shape[0])
+            num_instances = int(instance_result.scores_dual.shape[0])
+            output["instance"] = {**result_to_dict(instance_result), "chance_r_mean": chance_mean_recall(num_instances)}
+            output["num_instances"] = num_instances
             output["attention_pool"] = use_attention_pool
     output["seconds"] = time.perf_counter() - start
     output["decoded_batches"] = split_batches.num_decoded_batches
@@ -549,6 +553,7 @@ def evaluate_instvl_split(
 # Reporting
 # --------------------------------------------------------------------------------------------------------------------
 
+SCORINGS = (("dual_encoder", "dual encoder"), ("reranked", "re-ranked"))  # result key, row label
 TABLE_COLUMNS = (
     ("T2V R@1", "t2v_r1"), ("T2V R@5", "t2v_r5"), ("T2V R@10", "t2v_r10"), ("T2V mean", "t2v_r_mean"),
     ("V2T R@1", "v2t_r1"), ("V2T R@5", "v2t_r5"), ("V2T R@10", "v2t_r10"), ("V2T mean", "v2t_r_mean"),
@@ -556,23 +561,33 @@ TABLE_COLUMNS = (
 )
 
 
-def format_results_table(rows: Mapping[str, Mapping[str, float]]) -> str:
-    """A markdown table with one row per ``name -> metrics`` (keys of `video_text_retrieval_metrics`)."""
-    header = "| evaluation | " + " | ".join(title for title, _ in TABLE_COLUMNS) + " |"
-    lines = [header, "|---" + "|---:" * len(TABLE_COLUMNS) + "|"]
-    for name, metrics in rows.items():
-        lines.append(f"| {name} | " + " | ".join(f"{metrics[key]:.2f}" for _, key in TABLE_COLUMNS) + " |")
+def results_rows(evaluations: Mapping[str, Mapping[str, Any]]) -> Iterator[tuple[str, str, str, Mapping[str, float]]]:
+    """`(evaluation name, part, scoring key, metrics)` of every row of ``{name: evaluation}``, the results schema of
+    `evaluate_benchmark`/`evaluate_instvl_split` (``{"global"|"instance": {"dual_encoder"|"reranked": metrics,
+    "chance_r_mean": ...}}``), which `run_align.py`'s `eval_results.json` and ``python -m instap_eval`` write."""
+    for name, evaluation in evaluations.items():
+        for part in ("global", "instance"):
+            for key, _ in SCORINGS:
+                metrics = evaluation.get(part, {}).get(key)
+                if isinstance(metrics, Mapping):
+                    yield name, part, key, metrics
+
+
+def format_results_table(evaluations: Mapping[str, Mapping[str, Any]]) -> str:
+    """The markdown table of ``{name: evaluation}``: one row per part and scoring, a chance column when the
+    evaluations give one (InstVL splits), "n/a" for a missing or non-finite value."""
+    rows = list(results_rows(evaluations))
+    with_chance = any("chance_r_mean" in evaluations[name][part] for name, part, _, _ in rows)
+    header = ["evaluation", *(title for title, _ in TABLE_COLUMNS)] + (["chance mean R"] if with_chance else [])
+    lines = ["| " + " | ".join(header) + " |", "|---" + "|---:" * (len(header) - 1) + "|"]
+    labels = dict(SCORINGS)
+    for name, part, key, metrics in rows:
+        cells = [_cell(metrics.get(key)) for _, key in TABLE_COLUMNS]
+        if with_chance:
+            cells.append(_cell(evaluations[name][part].get("chance_r_mean")))
+        lines.append(f"| {f'{name} {part}'.strip()}, {labels[key]} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def table_rows(name: str, evaluation: Mapping[str, Any]) -> dict[str, Mapping[str, float]]:
-    """``{"<name> global, dual encoder": metrics, ...}`` for every part of an evaluation result."""
-    rows = {}
-    for part in ("global", "instance"):
-        if part not in evaluation:
-            continue
-        prefix = f"{name} {part}".strip()
-        rows[f"{prefix}, dual encoder"] = evaluation[part]["dual_encoder"]
-        if "reranked" in evaluation[part]:
-            rows[f"{prefix}, re-ranked"] = evaluation[part]["reranked"]
-    return rows
+def _cell(value) -> str:
+    return "n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.2f}"

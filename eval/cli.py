@@ -105,7 +105,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         evaluate_instvl_split,
         format_results_table,
         load_benchmark_json,
-        table_rows,
     )
 
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
@@ -137,10 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 use_attention_pool=not args.no_attention_pool, max_samples=args.max_samples, **common,
             )
 
-    rows = {}
-    for name, evaluation in evaluations.items():
-        rows.update(table_rows(name, evaluation))
-    table = format_results_table(rows)
+    table = format_results_table(evaluations)
     print(table)
     if not args.no_rerank:
         print(describe_rerank(args.rerank_score, args.k))

@@ -35,6 +35,8 @@ import torch
 
 __all__ = [
     "DEFAULT_CHUNK_ELEMENTS",
+    "RECALL_KEYS",
+    "chance_mean_recall",
     "GroundTruth",
     "ground_truth_with_identical_texts",
     "TieBreak",
@@ -58,6 +60,14 @@ GroundTruth = torch.Tensor | np.ndarray | Sequence[int] | Sequence[Sequence[int]
 # internally, so a chunk costs some 20-30 bytes per score in temporaries: ~25 MiB here. Larger chunks are no
 # faster on CPU (10K x 10K, both directions: ~0.6 s at 2^18 to 2^22 scores per chunk).
 DEFAULT_CHUNK_ELEMENTS = 1 << 20
+
+
+RECALL_KEYS = ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "r_mean")
+
+
+def chance_mean_recall(num_items: int, ks: Sequence[int] = (1, 5, 10)) -> float:
+    """Mean of R@K (percent) of a random ranking over `num_items` candidates (one correct item each)."""
+    return 100.0 * sum(min(k, num_items) for k in ks) / len(ks) / num_items
 
 
 def _as_tensor(array: torch.Tensor | np.ndarray) -> torch.Tensor:

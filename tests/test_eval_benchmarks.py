@@ -18,7 +18,11 @@ from instap_eval.benchmarks import (
     is_benchmark_file,
     load_benchmark_json,
 )
-from instap_eval.retrieval import ground_truth_with_identical_texts, video_text_retrieval_metrics
+from instap_eval.retrieval import (
+    chance_mean_recall,
+    ground_truth_with_identical_texts,
+    video_text_retrieval_metrics,
+)
 
 
 @pytest.fixture(scope="module")
@@ -169,9 +173,13 @@ def test_instvl_split_global_and_instance(setup):
     num_instances = sum(len(r) for r in records["instances"])
     assert result["num_instances"] == num_instances and result["attention_pool"] is True
     for part in ("global", "instance"):
-        for metrics in result[part].values():
-            if "r_mean" in metrics:
-                assert 0.0 <= metrics["r_mean"] <= 100.0
+        for scoring in ("dual_encoder", "reranked"):
+            metrics = result[part][scoring]
+            six = [metrics[f"{d}_r{k}"] for d in ("t2v", "v2t") for k in (1, 5, 10)]
+            assert metrics["r_mean"] == pytest.approx(sum(six) / 6)
+    # A random ranking's mean recall over the split's candidates (one correct item each).
+    assert result["global"]["chance_r_mean"] == pytest.approx(chance_mean_recall(len(dataset)))
+    assert result["instance"]["chance_r_mean"] == pytest.approx(chance_mean_recall(num_instances))
     # Everything fit in the default cache: each batch was decoded once for three passes.
     assert result["decoded_batches"] == result["batches"]
 
@@ -182,3 +190,27 @@ def test_instvl_split_global_and_instance(setup):
     assert alone["attention_pool"] is False
     assert alone["global"]["dual_encoder"] == pytest.approx(result["global"]["dual_encoder"])
     assert alone["instance"]["dual_encoder"] != pytest.approx(result["instance"]["dual_encoder"])
+
+
+def test_results_table_from_the_results_schema():
+    """One schema (split -> part -> scoring -> metrics) and one table: a row per part and scoring, chance where given,
+    n/a for a missing or non-finite value."""
+    from instap_eval.benchmarks import format_results_table
+
+    metrics = {"t2v_r1": 10.0, "t2v_r5": 20.0, "t2v_r10": 30.0, "t2v_r_mean": 20.0, "v2t_r1": 40.0,
+               "v2t_r5": 50.0, "v2t_r10": 60.0, "v2t_r_mean": 50.0, "r_mean": 35.0}
+    evaluations = {
+        "img_1k": {
+            "global": {"dual_encoder": metrics, "reranked": {**metrics, "t2v_r1": float("nan")}, "chance_r_mean": 4.17},
+            "instance": {"dual_encoder": metrics, "chance_r_mean": 1.85},
+            "num_videos": 128,
+        },
+    }
+    lines = format_results_table(evaluations).splitlines()
+    assert lines[0].endswith("| mean R | chance mean R |")
+    assert lines[2:] == [
+        "| img_1k global, dual encoder | 10.00 | 20.00 | 30.00 | 20.00 | 40.00 | 50.00 | 60.00 | 50.00 | 35.00 | 4.17 |",
+        "| img_1k global, re-ranked | n/a | 20.00 | 30.00 | 20.00 | 40.00 | 50.00 | 60.00 | 50.00 | 35.00 | 4.17 |",
+        "| img_1k instance, dual encoder | 10.00 | 20.00 | 30.00 | 20.00 | 40.00 | 50.00 | 60.00 | 50.00 | 35.00 | 1.85 |",
+    ]
+    assert chance_mean_recall(4) == pytest.approx(75.0) and chance_mean_recall(128) == pytest.approx(100 * 16 / 3 / 128)

@@ -25,9 +25,13 @@ PROCESSOR_CODE = {
 EVAL_JSON = {
     "global_step": 7,
     "results": {
-        "img_1k global, dual encoder": {"t2v_r1": 12.5, "t2v_r5": 50.0, "t2v_r10": 75.0, "v2t_r1": 25.0,
-                                        "v2t_r5": 62.5, "v2t_r10": 87.5, "r_mean": 52.08},
-        "img_1k global, re-ranked": {"t2v_r1": 37.5, "t2v_r5": 62.5, "t2v_r10": float("nan")},
+        "img_1k": {
+            "global": {
+                "dual_encoder": {"t2v_r1": 12.5, "t2v_r5": 50.0, "t2v_r10": 75.0, "v2t_r1": 25.0, "v2t_r5": 62.5,
+                                 "v2t_r10": 87.5, "r_mean": 52.08},
+                "reranked": {"t2v_r1": 37.5, "t2v_r5": 62.5, "t2v_r10": float("nan")},
+            },
+        },
     },
 }
 

@@ -38,11 +38,16 @@ PAPER_INSTVL_GLOBAL = {"img_1k": 99.20, "img_zero_1k": 88.70, "video_1k": 94.50}
 RUN_ALIGN_JSON = {
     "global_step": 40,
     "results": {
-        "img_1k global, dual encoder": {"t2v_r1": 12.5, "t2v_r5": 37.5, "t2v_r10": 62.5, "v2t_r1": 25.0,
-                                        "v2t_r5": 50.0, "v2t_r10": 75.0, "r_mean": 43.75, "t2v_r_mean": 37.5},
-        "img_1k global, re-ranked": {"t2v_r1": 25.0, "t2v_r5": 50.0, "t2v_r10": 62.5, "v2t_r1": 12.5,
-                                     "v2t_r5": 37.5, "v2t_r10": 87.5, "r_mean": 45.83},
-        "img_1k instance, dual encoder": {"t2v_r1": 8.33, "t2v_r5": float("nan"), "t2v_r10": 50.0},
+        "img_1k": {
+            "global": {
+                "dual_encoder": {"t2v_r1": 12.5, "t2v_r5": 37.5, "t2v_r10": 62.5, "v2t_r1": 25.0, "v2t_r5": 50.0,
+                                 "v2t_r10": 75.0, "r_mean": 43.75, "t2v_r_mean": 37.5},
+                "reranked": {"t2v_r1": 25.0, "t2v_r5": 50.0, "t2v_r10": 62.5, "v2t_r1": 12.5, "v2t_r5": 37.5,
+                             "v2t_r10": 87.5, "r_mean": 45.83},
+                "chance_r_mean": 4.17,
+            },
+            "instance": {"dual_encoder": {"t2v_r1": 8.33, "t2v_r5": float("nan"), "t2v_r10": 50.0}},
+        },
     },
 }
 
@@ -141,12 +146,14 @@ def test_generated_card_from_run_align_results(trained_folder):
     results = {(r.task_type, r.dataset_config, r.metric_type): r for r in data.eval_results}
     # Every finite measured value, and only those; the re-ranked ones apart; NaN left out.
     expected = {}
-    for name, metrics in RUN_ALIGN_JSON["results"].items():
-        part = "instance-text-retrieval" if "instance" in name else "video-text-retrieval"
-        suffix = "_reranked" if "re-ranked" in name else ""
-        for key, value in metrics.items():
-            if key != "t2v_r_mean" and math.isfinite(value):
-                expected[(part, "img_1k", key + suffix)] = value
+    for part, task in (("global", "video-text-retrieval"), ("instance", "instance-text-retrieval")):
+        for scoring, metrics in RUN_ALIGN_JSON["results"]["img_1k"][part].items():
+            if scoring == "chance_r_mean":
+                continue
+            suffix = "_reranked" if scoring == "reranked" else ""
+            for key, value in metrics.items():
+                if key != "t2v_r_mean" and math.isfinite(value):
+                    expected[(task, "img_1k", key + suffix)] = value
     assert {k: r.metric_value for k, r in results.items()} == expected
     assert all(r.dataset_type == "me/instvl-synthetic" and r.dataset_split == "test" for r in results.values())
     assert all(r.source_url == "https://huggingface.co/me/instap-tiny-run/blob/main/eval_results.json"

@@ -24,6 +24,9 @@ from typing import Any
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from instap_eval.benchmarks import format_results_table, results_rows
+from instap_eval.retrieval import RECALL_KEYS
+
 __all__ = [
     "CITATION",
     "PAPER_URL",
@@ -62,7 +65,6 @@ PRESET_BASE_MODELS = {
     "instap-l": ["google-bert/bert-large-uncased", "openai/clip-vit-large-patch14"],
     "instap-b": ["google-bert/bert-base-uncased", "openai/clip-vit-base-patch16"],
 }
-METRIC_KEYS = ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "r_mean")
 METRIC_NAMES = {
     "t2v_r1": "T2V R@1", "t2v_r5": "T2V R@5", "t2v_r10": "T2V R@10",
     "v2t_r1": "V2T R@1", "v2t_r5": "V2T R@5", "v2t_r10": "V2T R@10", "r_mean": "mean recall",
@@ -71,7 +73,7 @@ TASKS = {
     "global": ("video-text-retrieval", "Zero-shot video-text retrieval"),
     "instance": ("instance-text-retrieval", "Zero-shot instance-text retrieval"),
 }
-SCORINGS = {"dual encoder": ("", "dual encoder"), "re-ranked": ("_reranked", "re-ranked by the matching head")}
+SCORINGS = {"dual_encoder": ("", "dual encoder"), "reranked": ("_reranked", "re-ranked by the matching head")}
 INSTVL_SPLITS = ("img_1k", "img_10k", "img_zero_1k", "img_zero_10k", "video_1k")
 # Sections of a base card that a generated card replaces with its own.
 REGENERATED_SECTIONS = (
@@ -142,28 +144,10 @@ def paper_eval_results() -> list[EvalResult]:
     return results
 
 
-_ROW = re.compile(r"^(?P<name>.*?)\s*(?P<part>global|instance), (?P<scoring>dual encoder|re-ranked)$")
-
-
 def _rows(data: Mapping) -> list[tuple[str, str, str, Mapping]]:
-    """`(evaluation name, part, scoring, metrics)` of a run_align or instap_eval JSON."""
-    results = data.get("results", data)
-    rows = []
-    for name, value in results.items():
-        if not isinstance(value, Mapping):
-            continue
-        if any(part in value for part in ("global", "instance")):  # python -m instap_eval
-            for part in ("global", "instance"):
-                if part not in value:
-                    continue
-                for key, scoring in (("dual_encoder", "dual encoder"), ("reranked", "re-ranked")):
-                    if isinstance(value[part].get(key), Mapping):
-                        rows.append((name, part, scoring, value[part][key]))
-            continue
-        match = _ROW.match(name)  # run_align.py: "<split> global, dual encoder"
-        if match and any(key in value for key in METRIC_KEYS):
-            rows.append((match["name"], match["part"], match["scoring"], value))
-    return rows
+    """`(evaluation name, part, scoring key, metrics)` of a run_align or instap_eval JSON (one results schema)."""
+    results = data.get("results", {})
+    return list(results_rows({name: value for name, value in results.items() if isinstance(value, Mapping)}))
 
 
 def _looks_like_repo_id(value: str) -> bool:
@@ -210,9 +194,9 @@ def eval_results_from_json(
 ) -> list[EvalResult]:
     """`EvalResult`s of one or several evaluation JSONs (paths or loaded dicts).
 
-    Accepts the `eval_results.json` of `run_align.py` (`{"global_step", "results": {"<split> global, dual
-    encoder": {"t2v_r1": ...}}}`) and the output of `python -m instap_eval` (`{"data", "results": {name: {"global":
-    {"dual_encoder": ..., "reranked": ...}, "instance": ...}}}`). Dual-encoder metrics have the types `t2v_r1`, ...;
+    Accepts the `eval_results.json` of `run_align.py` and the output of `python -m instap_eval`, which share one
+    schema (`{"results": {name: {"global": {"dual_encoder": ..., "reranked": ...}, "instance": ...}}}`, see
+    `instap_eval.benchmarks.results_rows`). Dual-encoder metrics have the types `t2v_r1`, ...;
     re-ranked ones `t2v_r1_reranked`, ...; non-finite values are left out. InstVL splits are named by `dataset_id`
     (or the JSON's `data` when it is a Hub id). `source_url` (e.g. the repository's `eval_results.json`) marks the
     results as measured on this checkpoint.
@@ -225,7 +209,7 @@ def eval_results_from_json(
         for name, part, scoring, metrics in _rows(data):
             task_type, task_name = TASKS[part]
             suffix, scoring_name = SCORINGS[scoring]
-            for key in METRIC_KEYS:
+            for key in RECALL_KEYS:
                 value = metrics.get(key)
                 if value is None or not math.isfinite(float(value)):
                     continue
@@ -252,18 +236,15 @@ def _results_table(eval_json: Mapping | Sequence | None) -> str:
     if eval_json is None:
         return ""
     sources = [eval_json] if isinstance(eval_json, Mapping) else list(eval_json)
-    header = "| evaluation | " + " | ".join(METRIC_NAMES[k] for k in METRIC_KEYS) + " |"
-    lines = [header, "|---" + "|---:" * len(METRIC_KEYS) + "|"]
+    evaluations = {}
     for source in sources:
-        data = _load_json(source)
-        for name, part, scoring, metrics in _rows(data):
-            cells = []
-            for key in METRIC_KEYS:
-                value = metrics.get(key)
-                cells.append("n/a" if value is None or not math.isfinite(float(value)) else f"{float(value):.2f}")
-            label = f"{name} {part}, {scoring}".strip()
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) if len(lines) > 2 else ""
+        for name, evaluation in _load_json(source).get("results", {}).items():
+            label, copy = name, 1
+            while label in evaluations:  # the same split in two JSONs: both rows stay
+                copy += 1
+                label = f"{name} ({copy})"
+            evaluations[label] = evaluation
+    return format_results_table(evaluations) if any(results_rows(evaluations)) else ""
 
 
 # --------------------------------------------------------------------------------------------------------------------

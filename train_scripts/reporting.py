@@ -1,29 +1,11 @@
-"""What a run leaves for a person to read: the retrieval table with chance levels, and the training curves."""
+"""What a run leaves for a person to read besides the results table (`instap_eval.benchmarks.format_results_table`): the
+training curves."""
 
 from __future__ import annotations
 
 import math
 import os
 from collections.abc import Sequence
-
-RECALL_KEYS = ("t2v_r1", "t2v_r5", "t2v_r10", "v2t_r1", "v2t_r5", "v2t_r10", "r_mean")
-
-
-def chance_mean_recall(num_items: int, ks: Sequence[int] = (1, 5, 10)) -> float:
-    """Mean of R@K (percent) of a random ranking over `num_items` candidates (one correct item each)."""
-    return 100.0 * sum(min(k, num_items) for k in ks) / len(ks) / num_items
-
-
-def format_table(results: dict[str, dict[str, float]], chance: dict[str, float] | None = None) -> str:
-    """Markdown table of R@1/5/10 both ways and mean recall; `chance` (row name -> mean recall) adds a column."""
-    header = ["evaluation", *RECALL_KEYS] + (["chance r_mean"] if chance else [])
-    lines = ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
-    for name, metrics in results.items():
-        cells = [f"{metrics[key]:.2f}" for key in RECALL_KEYS]
-        if chance:
-            cells.append(f"{chance[name]:.2f}" if name in chance else "")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def plot_training_curves(log_history: Sequence[dict], path: str) -> str | None:
@@ -63,4 +45,4 @@ def plot_training_curves(log_history: Sequence[dict], path: str) -> str | None:
     return path
 
 
-__all__ = ["RECALL_KEYS", "chance_mean_recall", "format_table", "plot_training_curves"]
+__all__ = ["plot_training_curves"]

@@ -13,13 +13,12 @@ and instance retrieval on the test splits.
 """
 
 import json
-import math
 import os
 import textwrap
 
 from transformers.utils import logging
 
-from instap_eval.benchmarks import evaluate_instvl_split
+from instap_eval.benchmarks import evaluate_instvl_split, format_results_table
 from instap_eval.zero_shot import describe_rerank
 from instap_processing.collator import InstAPDataCollator
 from instap_train import InstAPAlignTrainer
@@ -37,7 +36,7 @@ from instap_train.factory import (
     resolve_resume_checkpoint,
     trainer_bad_sample_caps,
 )
-from instap_train.reporting import chance_mean_recall, format_table, plot_training_curves
+from instap_train.reporting import plot_training_curves
 from modeling_instap import InstAPForMaskedVideoModeling, InstAPForPreTraining
 
 logger = logging.get_logger(__name__)
@@ -118,30 +117,22 @@ def load_model(model_args: ModelArguments, config) -> InstAPForPreTraining:
 def evaluate_splits(
     model, processor, dataset: str, data_args: DataArguments, num_frames: int, batch_size: int,
     instance_attention_pool: bool = True,
-):
+) -> dict:
     """Global and instance retrieval on each evaluation split, dual encoder and re-ranked, through the one InstVL
     evaluation path (`instap_eval.benchmarks.evaluate_instvl_split`, which streams the split with a bounded cache).
 
     `instance_attention_pool=False` scores instance crops alone, as global-only models are evaluated (method §5).
-    Returns `(results, chance)`: row name -> metrics, and row name -> the mean recall of a random ranking.
+    Returns ``{split: evaluation}`` in the results schema of `instap_eval.benchmarks.results_rows` (each part with
+    its dual-encoder and re-ranked metrics and the mean recall of a random ranking).
     """
-    results, chance = {}, {}
-    for split in filter(None, (name.strip() for name in data_args.eval_splits.split(","))):
-        output = evaluate_instvl_split(
+    return {
+        split: evaluate_instvl_split(
             model, processor, dataset, split, media_root=data_args.media_root, num_frames=num_frames,
             k=data_args.rerank_k, batch_size=batch_size, use_attention_pool=instance_attention_pool,
-            rerank_score=data_args.rerank_score,
-            max_samples=data_args.max_eval_samples,
+            rerank_score=data_args.rerank_score, max_samples=data_args.max_eval_samples,
         )
-        sizes = {"global": output["num_texts"], "instance": output.get("num_instances")}
-        for part in ("global", "instance"):
-            if part not in output:
-                continue
-            for key, row in (("dual_encoder", "dual encoder"), ("reranked", "re-ranked")):
-                name = f"{split} {part}, {row}"
-                results[name] = output[part][key]
-                chance[name] = chance_mean_recall(sizes[part])
-    return results, chance
+        for split in filter(None, (name.strip() for name in data_args.eval_splits.split(",")))
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -194,22 +185,21 @@ def main(argv: list[str] | None = None) -> dict:
     if trainer.is_world_process_zero():
         unwrapped = trainer.accelerator.unwrap_model(trainer.model)
         # A model trained without the instance branch (λ_inst = 0) has an untrained pool: score its crops alone.
-        results, chance = evaluate_splits(
+        results = evaluate_splits(
             unwrapped, processor, dataset, data_args, num_frames, training_args.per_device_eval_batch_size,
             instance_attention_pool=unwrapped.config.lambda_inst > 0,
         )
         output_dir = training_args.output_dir
         summary = [f"\nInstAP after {train_result.global_step} steps (final training loss {train_result.training_loss:.4f})"]
         if results:
-            table = format_table(results, chance)
+            table = format_results_table(results)
             summary += [table, describe_rerank(data_args.rerank_score, data_args.rerank_k)]
             with open(os.path.join(output_dir, "retrieval.md"), "w", encoding="utf-8") as handle:
                 handle.write(table + "\n")
         eval_json = os.path.join(output_dir, "eval_results.json")
         with open(eval_json, "w", encoding="utf-8") as handle:
             json.dump({"global_step": train_result.global_step, "rerank_k": data_args.rerank_k,
-                       "rerank_score": data_args.rerank_score, "results": results,
-                       "chance_r_mean": chance}, handle, indent=2)
+                       "rerank_score": data_args.rerank_score, "results": results}, handle, indent=2)
         curves = plot_training_curves(trainer.state.log_history, os.path.join(output_dir, "training_curves.png"))
         summary.append(f"Model, processor, results (eval_results.json, retrieval.md){', curves (training_curves.png)' if curves else ''} "
                        f"written to {output_dir}.")
@@ -237,7 +227,7 @@ def main(argv: list[str] | None = None) -> dict:
                 hub_dir, training_args.hub_model_id, dry_run=not push_to_hub,
                 private=training_args.hub_private_repo, token=training_args.hub_token,
             ))
-    return {name: {k: v for k, v in metrics.items() if not math.isnan(v)} for name, metrics in results.items()}
+    return results
 
 
 if __name__ == "__main__":
