@@ -254,7 +254,7 @@ def bench(setup: Setup, args, device: torch.device) -> dict:
         "time": {v: min(t) for v, t in times.items()},
         "memory": memory,
         "encoder": encoder,
-        "parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "parameters": model.num_parameters(only_trainable=True),
     }
 
 

@@ -221,9 +221,8 @@ def count_parameters(config: InstAPConfig) -> tuple[int, int]:
     """(trainable, frozen) parameter counts of `InstAPForPreTraining`, built on the meta device (no memory)."""
     with torch.device("meta"):
         model = InstAPForPreTraining(config)
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
-    return trainable, frozen
+    trainable = model.num_parameters(only_trainable=True)
+    return trainable, model.num_parameters() - trainable
 
 
 def model_state_bytes(trainable: int, frozen: int, zero_stage: int, num_gpus: int) -> dict[str, float]:

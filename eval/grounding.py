@@ -18,6 +18,8 @@ from typing import Literal
 import numpy as np
 import torch
 
+from modeling_instap.losses import box_cxcywh_to_xyxy
+
 __all__ = [
     "BoxFormat",
     "box_cxcywh_to_xyxy",
@@ -27,14 +29,6 @@ __all__ = [
 ]
 
 BoxFormat = Literal["xyxy", "cxcywh"]
-
-
-def box_cxcywh_to_xyxy(boxes: torch.Tensor) -> torch.Tensor:
-    """``(..., 4)`` boxes from ``(center x, center y, width, height)`` to ``(x1, y1, x2, y2)``."""
-    center_x, center_y, width, height = boxes.unbind(-1)
-    return torch.stack(
-        [center_x - width / 2, center_y - height / 2, center_x + width / 2, center_y + height / 2], dim=-1
-    )
 
 
 def paired_box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:

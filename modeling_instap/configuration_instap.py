@@ -415,6 +415,22 @@ class InstAPConfig(PreTrainedConfig):
             raise ValueError(f"Unknown InstAP preset {name!r}; choose one of {sorted(presets)}.")
         return presets[name]()
 
+    def preset_name(self) -> str | None:
+        """The preset whose architecture this is (widths, depths, heads, patch, fusion layer, projection), or None."""
+
+        def architecture(config: "InstAPConfig") -> tuple:
+            v, t = config.vision_config, config.text_config
+            return (
+                v.hidden_size, v.num_hidden_layers, v.num_attention_heads, v.intermediate_size, v.patch_size,
+                t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.intermediate_size, t.fusion_layer,
+                config.projection_dim,
+            )
+
+        return next((name for name in PRESETS if architecture(InstAPConfig.from_preset(name)) == architecture(self)), None)
+
+
+PRESETS = ("instap-l", "instap-b", "tiny")  # largest first: the order presets are matched in
+
 
 def _instap_large() -> dict:
     # ViT-L/16 student, BERT-large (fusion from layer 19), CLIP ViT-L/14 teacher at 196² (14x14 grid = student's).

@@ -67,7 +67,7 @@ from collections.abc import Iterable, Mapping
 
 import torch
 
-from .configuration_instap import InstAPConfig
+from .configuration_instap import PRESETS, InstAPConfig
 from .modeling_instap import InstAPForMaskedVideoModeling, InstAPForPreTraining, InstAPPreTrainedModel
 from .weight_mapping import (
     INSTAP_ONLY_KEYS,
@@ -185,9 +185,6 @@ def config_mismatches(config: InstAPConfig, fields: Mapping[str, Mapping[str, in
     return problems
 
 
-PRESETS = ("instap-l", "instap-b", "tiny")
-
-
 def _no_preset_error(fields: Mapping[str, Mapping[str, int]]) -> ConversionError:
     """No preset fits: the head counts are not in the tensor shapes (q/k/v are `(width, width)` whatever the split), so
     guessing one (64 per head, say) would convert silently into a different model. Ask for the configuration."""
@@ -254,7 +251,7 @@ def fit_to_model(
     out = {}
     for key, tensor in converted.items():
         if key not in expected:
-            report.unexpected.append(f"{report.converted.get(key, key)} (-> {key}, not in the InstAP model)")
+            report.not_in_model[report.converted.get(key, key)] = key
             continue
         target_shape = expected[key].shape
         if tensor.shape != target_shape and key.endswith("embeddings.position_embedding.weight") and tensor.ndim == 2:
@@ -319,9 +316,12 @@ def convert_state_dict(
             report.allowed_missing.append(key)
         else:
             report.missing.append(key)
-    unexpected = report.unexpected
-    report.unexpected = [k for k in unexpected if not _matches_any(k.split(" ")[0], allow_unexpected)]
-    report.allowed_unexpected += [k for k in unexpected if k not in report.unexpected]
+    unread = report.unexpected + list(report.not_in_model)
+    report.unexpected = [key for key in report.unexpected if not _matches_any(key, allow_unexpected)]
+    report.not_in_model = {
+        key: target for key, target in report.not_in_model.items() if not _matches_any(key, allow_unexpected)
+    }
+    report.allowed_unexpected += [key for key in unread if key not in report.unexpected and key not in report.not_in_model]
     report.check()
     return converted, report
 

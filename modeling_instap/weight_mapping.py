@@ -286,6 +286,7 @@ class ConversionReport:
     instap_only: list[str] = field(default_factory=list)  # fresh InstAP-only parameters
     missing: list[str] = field(default_factory=list)  # model keys nothing provided
     unexpected: list[str] = field(default_factory=list)  # source keys no rule reads
+    not_in_model: dict[str, str] = field(default_factory=dict)  # source key -> its renamed key the model lacks
     ignored: list[str] = field(default_factory=list)  # known buffers and tied duplicates
     dropped: list[str] = field(default_factory=list)  # keys of a teacher file outside the visual tower
     resized: list[str] = field(default_factory=list)  # position tables resampled
@@ -310,10 +311,11 @@ class ConversionReport:
                     f"The CLIP teacher is missing: UMT stage-{self.stage} checkpoints do not hold it; pass --teacher "
                     "(an OpenAI-layout file such as UMT's vit_l14.pth, or a Hugging Face CLIP folder / Hub id)."
                 )
-        if self.unexpected:
+        unread = self.unexpected + [f"{key} (-> {target}, not in the InstAP model)" for key, target in self.not_in_model.items()]
+        if unread:
             problems.append(
-                f"{len(self.unexpected)} checkpoint keys are not read by any rule (pass --allow-unexpected GLOB to "
-                "drop them):\n  " + "\n  ".join(self.unexpected)
+                f"{len(unread)} checkpoint keys are not read by any rule (pass --allow-unexpected GLOB to "
+                "drop them):\n  " + "\n  ".join(unread)
             )
         if problems:
             raise ConversionError("UMT -> InstAP conversion failed:\n" + "\n".join(problems))

@@ -21,7 +21,14 @@ from .crops import boxes_at_frames, clip_boxes, crop_instances, expand_small_box
 from .decoding import DecodedVideo, decode_image, decode_media, decode_video
 from .errors import BAD_SAMPLE_REASONS, InstVLSampleError, TooManyBadSamplesError
 from .geometry import FrameTransform, get_frame_transform
-from .instvl import INSTVL_FEATURES, INSTVL_PATH_FEATURES, INSTVL_SPLITS, instvl_features, load_instvl
+from .instvl import (
+    INSTVL_FEATURES,
+    INSTVL_PATH_FEATURES,
+    INSTVL_SPLITS,
+    INSTVL_TEST_SPLITS,
+    instvl_features,
+    load_instvl,
+)
 from .processing_instap import InstAPProcessor
 from .records import (
     InstVLInstance,
@@ -49,6 +56,7 @@ __all__ = [
     "INSTVL_FEATURES",
     "INSTVL_PATH_FEATURES",
     "INSTVL_SPLITS",
+    "INSTVL_TEST_SPLITS",
     "BadSampleTracker",
     "DecodedVideo",
     "EpochAwareDataLoader",

@@ -42,6 +42,7 @@ __all__ = [
     "INSTVL_FEATURES",
     "INSTVL_PATH_FEATURES",
     "INSTVL_SPLITS",
+    "INSTVL_TEST_SPLITS",
     "MEDIA_EXTENSIONS",
     "find_split_files",
     "instvl_features",
@@ -52,7 +53,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-INSTVL_SPLITS = ("train", "img_1k", "img_10k", "img_zero_1k", "img_zero_10k", "video_1k")
+INSTVL_TEST_SPLITS = ("img_1k", "img_10k", "img_zero_1k", "img_zero_10k", "video_1k")
+INSTVL_SPLITS = ("train", *INSTVL_TEST_SPLITS)
 
 # File extensions of the media member of a WebDataset sample.
 MEDIA_EXTENSIONS = {

@@ -586,3 +586,21 @@ def test_no_matching_preset_requires_a_config_instead_of_guessing_heads(tmp_path
     model, report = convert_umt_checkpoint(shallower, config=str(tmp_path / "config"))
     assert report.preset is None and len(model.instap.vision_model.encoder.layers) == last
     assert model.config.vision_config.num_attention_heads == V.num_attention_heads
+
+
+def test_renamed_keys_the_model_lacks_are_reported_and_can_be_allowed():
+    """A source key whose renamed key the model lacks (here one vision block too many) is kept as a typed
+    (source -> target) entry, listed in the error and matched by --allow-unexpected on the source key itself."""
+    from modeling_instap.convert_umt_to_instap import convert_state_dict
+
+    config = InstAPConfig.from_preset("tiny")
+    config.vision_config.num_hidden_layers -= 1
+    last = config.vision_config.num_hidden_layers
+    model = InstAPForPreTraining(config)
+    state_dict = umt_stage2_tensors(seed=3)
+    with pytest.raises(ConversionError, match=rf"vision_encoder\.encoder\.blocks\.{last}\.mlp\.fc1\.bias \(-> "
+                       rf"instap\.vision_model\.encoder\.layers\.{last}\.mlp\.fc1\.bias, not in the InstAP model\)"):
+        convert_state_dict(state_dict, model, 2)
+    _, report = convert_state_dict(state_dict, model, 2, allow_unexpected=[f"vision_encoder.encoder.blocks.{last}.*"])
+    block = sorted(key for key in state_dict if key.startswith(f"vision_encoder.encoder.blocks.{last}."))
+    assert report.not_in_model == {} and report.unexpected == [] and sorted(report.allowed_unexpected) == block

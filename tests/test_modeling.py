@@ -829,6 +829,13 @@ def test_config_presets_build():
     assert (large.temperature_init, large.temperature_min, large.temperature_max) == (0.07, 0.001, 0.5)
     with pytest.raises(ValueError, match="preset"):
         InstAPConfig.from_preset("instap-xl")
+    # The preset an architecture came from; training choices do not change it, one width does.
+    assert [InstAPConfig.from_preset(name, lambda_inst=0.5).preset_name() for name in ("instap-l", "instap-b", "tiny")] == [
+        "instap-l", "instap-b", "tiny"
+    ]
+    wider = InstAPConfig.from_preset("tiny")
+    wider.text_config.intermediate_size *= 2
+    assert wider.preset_name() is None
 
 
 @pytest.mark.parametrize("teacher", [True, False])

@@ -26,6 +26,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from instap_eval.benchmarks import format_results_table, results_rows
 from instap_eval.retrieval import RECALL_KEYS
+from instap_processing.instvl import INSTVL_TEST_SPLITS
 
 __all__ = [
     "CITATION",
@@ -74,7 +75,6 @@ TASKS = {
     "instance": ("instance-text-retrieval", "Zero-shot instance-text retrieval"),
 }
 SCORINGS = {"dual_encoder": ("", "dual encoder"), "reranked": ("_reranked", "re-ranked by the matching head")}
-INSTVL_SPLITS = ("img_1k", "img_10k", "img_zero_1k", "img_zero_10k", "video_1k")
 # Sections of a base card that a generated card replaces with its own.
 REGENERATED_SECTIONS = (
     "How to use", "Model details", "Model description", "Evaluation results (this checkpoint)",
@@ -163,7 +163,7 @@ def hub_dataset_id(value: str | None) -> str | None:
 def _dataset_for(name: str, data: str | None, dataset_id: str | None) -> dict[str, str]:
     dataset_id = hub_dataset_id(dataset_id)
     split = name.split()[-1] if name else name
-    if split in INSTVL_SPLITS:
+    if split in INSTVL_TEST_SPLITS:
         source = dataset_id or (data if data and _looks_like_repo_id(data) else "instvl")
         return {
             "dataset_type": source,
@@ -291,23 +291,6 @@ def _parameter_counts(folder: str) -> tuple[dict[str, int], dict[str, float]]:
     return {label: counts[label] for label in order if label in counts}, temperatures
 
 
-def _detect_preset(config) -> str:
-    from modeling_instap import InstAPConfig
-
-    def signature(cfg) -> tuple:
-        v, t = cfg.vision_config, cfg.text_config
-        return (
-            v.hidden_size, v.num_hidden_layers, v.num_attention_heads, v.intermediate_size, v.patch_size,
-            t.hidden_size, t.num_hidden_layers, t.num_attention_heads, t.intermediate_size, t.fusion_layer,
-            cfg.projection_dim,
-        )
-
-    for name in ("instap-l", "instap-b", "tiny"):
-        if signature(InstAPConfig.from_preset(name)) == signature(config):
-            return name
-    return "custom"
-
-
 def describe_checkpoint(model_folder: str | os.PathLike) -> dict[str, Any]:
     """What a card says about a saved InstAP folder: preset, architecture, parameters, objective, processor."""
     from modeling_instap import InstAPConfig
@@ -326,7 +309,7 @@ def describe_checkpoint(model_folder: str | os.PathLike) -> dict[str, Any]:
     architectures = list(config.architectures or [])
     v, t, c = config.vision_config, config.text_config, config.teacher_config
     return {
-        "preset": _detect_preset(config),
+        "preset": config.preset_name() or "custom",
         "architectures": architectures,
         "vision": {
             "hidden_size": v.hidden_size, "num_hidden_layers": v.num_hidden_layers,
