@@ -139,3 +139,37 @@ def isolated_remote_code(tmp_path):
             del sys.modules[name]
         sys.modules.update(saved_modules)
         importlib.invalidate_caches()
+
+
+def populate_hub_cache(folder, repo_id: str, cache_dir) -> str:
+    """Places `folder` in the Hub cache `cache_dir` as `repo_id`'s snapshot at `main`, in `huggingface_hub`'s layout
+    (`blobs/<sha256>`, `snapshots/<commit>/<path>` as relative links, `refs/main`), so that `from_pretrained(repo_id)`
+    resolves it with `HF_HUB_OFFLINE=1` and `HF_HUB_CACHE=cache_dir`. Returns the snapshot folder."""
+    import hashlib
+    import shutil
+
+    folder, cache_dir = os.fspath(folder), os.fspath(cache_dir)
+    files = sorted(
+        os.path.relpath(os.path.join(root, name), folder).replace(os.sep, "/")
+        for root, _, names in os.walk(folder)
+        for name in names
+    )
+    hashes = {}
+    for name in files:
+        with open(os.path.join(folder, name), "rb") as handle:
+            hashes[name] = hashlib.sha256(handle.read()).hexdigest()
+    commit = hashlib.sha1("".join(f"{n}\0{h}\n" for n, h in hashes.items()).encode()).hexdigest()
+    repo_dir = os.path.join(cache_dir, "models--" + repo_id.replace("/", "--"))
+    snapshot = os.path.join(repo_dir, "snapshots", commit)
+    os.makedirs(os.path.join(repo_dir, "blobs"), exist_ok=True)
+    os.makedirs(os.path.join(repo_dir, "refs"), exist_ok=True)
+    for name, digest in hashes.items():
+        blob = os.path.join(repo_dir, "blobs", digest)
+        if not os.path.exists(blob):
+            shutil.copyfile(os.path.join(folder, name), blob)
+        target = os.path.join(snapshot, *name.split("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        os.symlink(os.path.relpath(blob, os.path.dirname(target)), target)
+    with open(os.path.join(repo_dir, "refs", "main"), "w", encoding="utf-8") as handle:
+        handle.write(commit)
+    return snapshot

@@ -11,11 +11,11 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from hub_helpers import make_model, make_processor, run_fresh
+from hub_helpers import make_model, make_processor, populate_hub_cache, run_fresh
 from safetensors import safe_open
 from transformers.dynamic_module_utils import get_relative_import_files
 
-from instap_train.hub import check_hub_folder, export_for_hub, populate_hub_cache
+from instap_train.hub import check_hub_folder, export_for_hub
 
 MODEL_CODE = {"configuration_instap.py", "modeling_instap.py", "losses.py", "masking.py"}
 PROCESSOR_CODE = {

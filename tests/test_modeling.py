@@ -323,8 +323,12 @@ def test_model_match_score():
     text = model.get_text_features(ids, mask).last_hidden_state
     scores = model.match_score(video, text, mask)
     assert scores.shape == (3, 2) and scores.dtype == torch.float32
-    fused = model.text_model(text_hidden_states=text, attention_mask=mask, encoder_hidden_states=video, mode="fusion")
-    torch.testing.assert_close(scores, model.itm_head(fused.last_hidden_state[:, 0]))
+    # Pairs are independent: a pair scored alone gets its score in the batch.
+    torch.testing.assert_close(model.match_score(video[2:], text[2:], mask[2:]), scores[2:], atol=1e-5, rtol=1e-5)
+    # Padded text positions are masked out: whatever their states, the scores stay.
+    padded_mask = torch.cat([mask, torch.zeros(3, 4, dtype=mask.dtype)], dim=1)
+    padded_text = torch.cat([text, 100 * torch.randn(3, 4, text.shape[-1])], dim=1)
+    torch.testing.assert_close(model.match_score(video, padded_text, padded_mask), scores, atol=1e-5, rtol=1e-5)
     # Each pair is scored on its own video: swapping the videos changes the scores.
     swapped = model.match_score(video.flip(0), text, mask)
     assert not torch.allclose(swapped[0], scores[0])

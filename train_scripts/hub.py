@@ -1,5 +1,5 @@
 # Copyright 2026 The InstAP Authors. Licensed under the Apache License, Version 2.0.
-"""Hub export of a trained InstAP model: a self-contained model repository, its checks, an offline cache, the push.
+"""Hub export of a trained InstAP model: a self-contained model repository, its checks, the push.
 
 - [`export_for_hub`]: writes a folder that is a valid Hub model repository: `config.json` (with `auto_map` and the
   `custom_pipelines` entry of the zero-shot pipeline), safetensors weights, the processor files (tokenizer and
@@ -8,19 +8,15 @@
   loads with `Auto*.from_pretrained(folder_or_repo_id, trust_remote_code=True)` where no InstAP package is installed.
 - [`check_hub_folder`]: what would break for a Hub user (missing files, unresolved imports, imports of the InstAP
   packages in the copied code, `auto_map` entries naming missing code).
-- [`populate_hub_cache`]: places a folder in a Hub cache as `models--org--name/snapshots/<commit>/...` with
-  `refs/main`, so that `from_pretrained("org/name")` works offline (air-gapped nodes, tests).
 - [`push_folder`]: uploads a folder with `HfApi.upload_folder`; `dry_run=True` only lists what would be uploaded.
 """
 
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
 import logging
 import os
-import shutil
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -31,7 +27,6 @@ __all__ = [
     "PIPELINE_TASK",
     "check_hub_folder",
     "export_for_hub",
-    "populate_hub_cache",
     "push_folder",
 ]
 
@@ -236,61 +231,6 @@ def check_hub_folder(folder: str | os.PathLike, require_processor: bool = True) 
     if "README.md" not in files:
         problems.append("README.md (the model card) is missing")
     return problems
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Offline Hub cache
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def populate_hub_cache(
-    folder: str | os.PathLike,
-    repo_id: str,
-    cache_dir: str | os.PathLike,
-    revision: str = "main",
-    commit_hash: str | None = None,
-) -> str:
-    """Places the files of `folder` in the Hub cache `cache_dir` as the snapshot of `repo_id` at `revision`.
-
-    The layout is the one `huggingface_hub` writes (`models--{org}--{name}/blobs/<sha256>`,
-    `snapshots/<commit>/<path>` as relative links to the blobs, `refs/<revision>` holding the commit), so
-    `from_pretrained(repo_id)` resolves it with `HF_HUB_OFFLINE=1` and `HF_HUB_CACHE=cache_dir`. Without
-    `commit_hash` a deterministic 40-hex id is derived from the file contents. Returns the snapshot folder.
-    """
-    folder, cache_dir = os.fspath(folder), os.fspath(cache_dir)
-    if repo_id.count("/") != 1:
-        raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}.")
-    files = _list_files(folder)
-    hashes = {name: _file_sha256(os.path.join(folder, name)) for name in files}
-    if commit_hash is None:
-        commit_hash = hashlib.sha1("".join(f"{n}\0{h}\n" for n, h in hashes.items()).encode()).hexdigest()
-    repo_dir = os.path.join(cache_dir, "models--" + repo_id.replace("/", "--"))
-    snapshot = os.path.join(repo_dir, "snapshots", commit_hash)
-    os.makedirs(os.path.join(repo_dir, "blobs"), exist_ok=True)
-    os.makedirs(os.path.join(repo_dir, "refs"), exist_ok=True)
-    for name, digest in hashes.items():
-        blob = os.path.join(repo_dir, "blobs", digest)
-        if not os.path.exists(blob):
-            shutil.copyfile(os.path.join(folder, name), blob)
-        target = os.path.join(snapshot, *name.split("/"))
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        if os.path.lexists(target):
-            os.remove(target)
-        try:
-            os.symlink(os.path.relpath(blob, os.path.dirname(target)), target)
-        except OSError:  # no symlinks (some Windows setups): huggingface_hub then copies too
-            shutil.copyfile(blob, target)
-    with open(os.path.join(repo_dir, "refs", revision), "w", encoding="utf-8") as handle:
-        handle.write(commit_hash)
-    return snapshot
 
 
 # --------------------------------------------------------------------------------------------------------------------
