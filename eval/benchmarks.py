@@ -58,6 +58,7 @@ from torch.utils.data import DataLoader, Dataset
 from instap_processing.decoding import IMAGE_EXTENSIONS, decode_media
 from instap_processing.errors import InstVLSampleError
 from instap_processing.records import decode_caption
+from instap_processing.streaming import MediaTypeBatchSampler
 
 from .retrieval import chance_mean_recall
 from .zero_shot import NoInstancesError, RetrievalResult, instance_retrieval, zero_shot_retrieval
@@ -248,16 +249,10 @@ def _nbytes(batch: Any) -> int:
     return 0
 
 
-def batches_by_media_type(media_types: Sequence[str], batch_size: int) -> list[list[int]]:
-    """Index batches of at most ``batch_size`` that never mix media types: images first, then videos, each in index
-    order (a stable grouping, so a split that interleaves images and videos still gets full batches)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-    batches: list[list[int]] = []
-    for media_type in sorted(set(media_types), key=lambda name: (name != "image", name)):
-        indices = [index for index, value in enumerate(media_types) if value == media_type]
-        batches.extend(indices[start : start + batch_size] for start in range(0, len(indices), batch_size))
-    return batches
+def evaluation_batches(media_types: Sequence[str], batch_size: int) -> list[list[int]]:
+    """Index batches of at most ``batch_size`` that never mix media types, each type in index order (images first):
+    the training sampler's grouping (`MediaTypeBatchSampler`) without shuffling or dropping."""
+    return list(MediaTypeBatchSampler(media_types, batch_size, shuffle=False, drop_last=False))
 
 
 class CachedBatches:
@@ -370,10 +365,10 @@ def media_batches(
     cache_bytes: int = DEFAULT_CACHE_BYTES,
 ) -> CachedBatches:
     """`CachedBatches` of ``pixel_values`` for a list of media, one media type per batch (images first, see
-    `batches_by_media_type`: the clips come out in the order of ``[i for batch in result.batches for i in batch]``)."""
+    `evaluation_batches`: the clips come out in the order of ``[i for batch in result.batches for i in batch]``)."""
     return CachedBatches(
         _MediaDataset(videos, media_types, num_frames),
-        batches_by_media_type(media_types, batch_size),
+        evaluation_batches(media_types, batch_size),
         _ProcessFrames(processor.video_processor),
         num_workers=num_workers,
         cache_bytes=cache_bytes,
@@ -501,7 +496,7 @@ def evaluate_instvl_split(
         records, num_frames=num_frames, training=False, max_instances_per_sample=None, skip_bad_samples=False,
         load_instances=instances,
     )
-    batches = batches_by_media_type(dataset.media_types, batch_size)
+    batches = evaluation_batches(dataset.media_types, batch_size)
     order = [index for batch in batches for index in batch]
     id_captions = _caption_column(records)
     captions = [decode_caption(id_captions[i][1], sample_id=str(id_captions[i][0]), field="caption") for i in order]

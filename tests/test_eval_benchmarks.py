@@ -12,9 +12,9 @@ from instap_eval.benchmarks import (
     PARAGRAPH_MAX_TEXT_LENGTH,
     CachedBatches,
     RetrievalBenchmark,
-    batches_by_media_type,
     evaluate_benchmark,
     evaluate_instvl_split,
+    evaluation_batches,
     is_benchmark_file,
     load_benchmark_json,
 )
@@ -90,7 +90,7 @@ def test_cached_batches_decode_once_within_budget_and_again_beyond():
             decoded.append(index)
             return torch.full((2, 8), float(index))
 
-    batches = batches_by_media_type(["video"] * 7, 3)
+    batches = evaluation_batches(["video"] * 7, 3)
     assert batches == [[0, 1, 2], [3, 4, 5], [6]]
     one_batch_bytes = 3 * 2 * 8 * 4
     cached = CachedBatches(Items(), batches, torch.stack, cache_bytes=one_batch_bytes)
@@ -102,7 +102,7 @@ def test_cached_batches_decode_once_within_budget_and_again_beyond():
     assert decoded == list(range(7)) + [3, 4, 5, 6]
     assert cached.num_decoded_batches == 5
     # Mixed media types never share a batch; images come first.
-    assert batches_by_media_type(["video", "image", "video", "image"], 4) == [[1, 3], [0, 2]]
+    assert evaluation_batches(["video", "image", "video", "image"], 4) == [[1, 3], [0, 2]]
 
 
 def _reference_metrics(model, processor, videos, texts, text_to_video, max_length):

@@ -45,7 +45,7 @@ from torch.utils.data import DataLoader, Dataset
 from transformers import HfArgumentParser, Trainer, TrainingArguments, set_seed
 from transformers.utils import logging
 
-from instap_eval.benchmarks import batches_by_media_type
+from instap_eval.benchmarks import evaluation_batches
 from instap_eval.grounding import grounding_ious, grounding_metrics
 from instap_processing.captions import swap_left_right
 from instap_processing.crops import boxes_at_frames, clip_boxes
@@ -259,7 +259,7 @@ def evaluate_grounding(model, dataset: InstVLGroundingDataset, batch_size: int =
     model.eval()
     device = next(model.parameters()).device
     loader = DataLoader(
-        dataset, batch_sampler=batches_by_media_type(dataset.media_types, batch_size),
+        dataset, batch_sampler=evaluation_batches(dataset.media_types, batch_size),
         collate_fn=GroundingCollator(), num_workers=num_workers,
     )
     predictions: dict[str, list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]] = {}
