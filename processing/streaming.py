@@ -31,6 +31,7 @@ propagates.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import logging
@@ -53,6 +54,7 @@ __all__ = [
     "InstVLExample",
     "InstVLIterableDataset",
     "InstVLMapDataset",
+    "InstVLExampleOptions",
     "MediaTypeBatchSampler",
     "media_type_schedule",
     "prepare_example",
@@ -234,30 +236,69 @@ def prepare_example(
     )
 
 
-def _prepare_or_skip(
-    dataset: InstVLIterableDataset | InstVLMapDataset, raw: Mapping[str, Any], tracker: BadSampleTracker
-) -> InstVLExample | None:
-    """`prepare_example` with a dataset's options; a bad sample is counted and gives `None` (or raises when the
-    dataset does not skip bad samples). Shared by the streamed and the map-style dataset."""
-    try:
-        example = prepare_example(
-            raw,
-            num_frames=dataset.num_frames,
-            frame_sampling="rand" if dataset.training else "middle",
-            epoch=dataset.epoch,
-            seed=dataset.seed,
-            max_instances_per_sample=dataset.max_instances_per_sample,
-            require_caption=dataset.require_caption,
-            load_instances=dataset.load_instances,
-            decode_threads=dataset.decode_threads,
-        )
-    except InstVLSampleError as error:
-        if not dataset.skip_bad_samples:
-            raise
-        tracker.record_bad(error)
-        return None
-    tracker.record_good()
-    return example
+@dataclass(frozen=True)
+class InstVLExampleOptions:
+    """How both InstVL datasets turn a record into an [`InstVLExample`] and what they do with a bad one.
+
+    Args:
+        num_frames (`int`, *optional*, defaults to 16): frames per video clip (8 for stage 1).
+        training (`bool`, *optional*, defaults to `True`): `"rand"` frame sampling and per-epoch instance subsets;
+            otherwise `"middle"` sampling and all instances.
+        seed (`int`, *optional*, defaults to 0): seeds frame sampling, crops and instance subsets (and the stream's
+            media-type schedule).
+        max_instances_per_sample (`int`, *optional*, defaults to 4): `None` keeps all instances (always when not
+            training).
+        require_caption (`bool`, *optional*, defaults to `True`): `False` for stage 1 (video only).
+        load_instances (`bool`, *optional*, defaults to `True`): `False` ignores the `instances` field (stage 1).
+        skip_bad_samples (`bool`, *optional*, defaults to `True`): skip and count bad samples instead of raising.
+        max_bad_samples, max_bad_fraction: caps of the [`BadSampleTracker`] (per worker).
+        decode_threads (`int`, *optional*, defaults to 1): FFmpeg threads per decode.
+    """
+
+    num_frames: int = 16
+    training: bool = True
+    seed: int = 0
+    max_instances_per_sample: int | None = 4
+    require_caption: bool = True
+    load_instances: bool = True
+    skip_bad_samples: bool = True
+    max_bad_samples: int | None = 1000
+    max_bad_fraction: float | None = 0.1
+    decode_threads: int = 1
+
+    @classmethod
+    def build(cls, options: InstVLExampleOptions | None, fields: Mapping[str, Any], dataset: str) -> InstVLExampleOptions:
+        """`options` (or the defaults) with `fields` replaced; an unknown field name is an error naming it."""
+        unknown = sorted(set(fields) - {item.name for item in dataclasses.fields(cls)})
+        if unknown:
+            raise TypeError(f"{dataset} got unknown options {unknown}; see InstVLExampleOptions.")
+        return dataclasses.replace(options or cls(), **fields)
+
+    def new_tracker(self) -> BadSampleTracker:
+        return BadSampleTracker(self.max_bad_samples, self.max_bad_fraction)
+
+    def prepare_or_skip(self, raw: Mapping[str, Any], epoch: int, tracker: BadSampleTracker) -> InstVLExample | None:
+        """`prepare_example` with these options; a bad sample is counted and gives `None` (or raises when bad
+        samples are not skipped)."""
+        try:
+            example = prepare_example(
+                raw,
+                num_frames=self.num_frames,
+                frame_sampling="rand" if self.training else "middle",
+                epoch=epoch,
+                seed=self.seed,
+                max_instances_per_sample=self.max_instances_per_sample if self.training else None,
+                require_caption=self.require_caption,
+                load_instances=self.load_instances,
+                decode_threads=self.decode_threads,
+            )
+        except InstVLSampleError as error:
+            if not self.skip_bad_samples:
+                raise
+            tracker.record_bad(error)
+            return None
+        tracker.record_good()
+        return example
 
 
 def media_type_schedule(weights: Mapping[str, float], seed: int, epoch: int) -> Iterator[str]:
@@ -335,60 +376,36 @@ class InstVLIterableDataset(IterableDataset):
     Args:
         source: a `datasets.IterableDataset` (split between workers by shards), or any re-iterable of records
             (split between workers record by record).
-        num_frames (`int`, *optional*, defaults to 16): frames per video clip (8 for stage 1).
-        training (`bool`, *optional*, defaults to `True`): `"rand"` frame sampling and per-epoch instance subsets;
-            otherwise `"middle"` sampling and all instances.
+        options ([`InstVLExampleOptions`], *optional*): decoding and bad-sample options; its fields can also be
+            given as keywords (`num_frames=8`), which replace the ones of `options`.
         batch_size (`int`, *optional*): emit samples in runs of `batch_size` of one media type (give the DataLoader
             the same batch size). `None` keeps the stream order (a single media type, or a batch sampler elsewhere).
         media_type_weights (`dict[str, float]`, *optional*): expected share of each media type, e.g.
-            `{"image": 0.97, "video": 0.03}`; makes every rank use the same media type at the same step.
+            `{"image": 0.97, "video": 0.03}`; makes every rank use the same media type at the same step (seeded by
+            the options' `seed`).
         max_buffered_batches (`int`, *optional*, defaults to 64): per media type, batches held while waiting for the
             scheduled type before emitting out of schedule.
         drop_last (`bool`, *optional*, defaults to `True`): drop the incomplete last run of each media type.
-        seed (`int`, *optional*, defaults to 0): seeds the media-type schedule and instance subsets.
-        max_instances_per_sample (`int`, *optional*, defaults to 4): `None` keeps all instances.
-        require_caption (`bool`, *optional*, defaults to `True`): `False` for stage 1 (video only).
-        load_instances (`bool`, *optional*, defaults to `True`): `False` ignores the `instances` field (stage 1).
-        skip_bad_samples (`bool`, *optional*, defaults to `True`): skip and count bad samples instead of raising.
-        max_bad_samples, max_bad_fraction: caps of the [`BadSampleTracker`] (per worker).
-        decode_threads (`int`, *optional*, defaults to 1): FFmpeg threads per decode.
     """
 
     def __init__(
         self,
         source: Iterable[Mapping[str, Any]],
+        options: InstVLExampleOptions | None = None,
         *,
-        num_frames: int = 16,
-        training: bool = True,
         batch_size: int | None = None,
         media_type_weights: Mapping[str, float] | None = None,
         max_buffered_batches: int = 64,
         drop_last: bool = True,
-        seed: int = 0,
-        max_instances_per_sample: int | None = 4,
-        require_caption: bool = True,
-        load_instances: bool = True,
-        skip_bad_samples: bool = True,
-        max_bad_samples: int | None = 1000,
-        max_bad_fraction: float | None = 0.1,
-        decode_threads: int = 1,
+        **option_fields: Any,
     ) -> None:
         super().__init__()
         self.source = source
-        self.num_frames = num_frames
-        self.training = training
+        self.options = InstVLExampleOptions.build(options, option_fields, type(self).__name__)
         self.batch_size = batch_size
         self.media_type_weights = dict(media_type_weights) if media_type_weights else None
         self.max_buffered_batches = max_buffered_batches
         self.drop_last = drop_last
-        self.seed = seed
-        self.max_instances_per_sample = max_instances_per_sample if training else None
-        self.require_caption = require_caption
-        self.load_instances = load_instances
-        self.skip_bad_samples = skip_bad_samples
-        self.max_bad_samples = max_bad_samples
-        self.max_bad_fraction = max_bad_fraction
-        self.decode_threads = decode_threads
         self.epoch = 0
         self.last_tracker: BadSampleTracker | None = None
 
@@ -409,14 +426,14 @@ class InstVLIterableDataset(IterableDataset):
     def _examples(self, tracker: BadSampleTracker) -> Iterator[InstVLExample]:
         counted = 0
         for raw in self._records_of_this_worker():
-            example = _prepare_or_skip(self, raw, tracker)
+            example = self.options.prepare_or_skip(raw, self.epoch, tracker)
             if example is not None:
                 example.skipped_before, counted = tracker.num_bad - counted, tracker.num_bad
                 yield example
         tracker.check_end_of_stream()
 
     def __iter__(self) -> Iterator[InstVLExample]:
-        tracker = BadSampleTracker(self.max_bad_samples, self.max_bad_fraction)
+        tracker = self.options.new_tracker()
         self.last_tracker = tracker
         examples = self._examples(tracker)
         if self.batch_size is None:
@@ -424,7 +441,7 @@ class InstVLIterableDataset(IterableDataset):
             return
         schedule = None
         if self.media_type_weights:
-            schedule = media_type_schedule(self.media_type_weights, self.seed, self.epoch)
+            schedule = media_type_schedule(self.media_type_weights, self.options.seed, self.epoch)
             worker = get_worker_info()
             if worker is not None and worker.num_workers > 1:
                 # The DataLoader takes batch k from worker k % num_workers.
@@ -438,34 +455,18 @@ class InstVLMapDataset(Dataset):
     """Map-style access to InstVL records (a `datasets.Dataset` or a list); `__getitem__` decodes one sample.
 
     With `skip_bad_samples=True` a bad sample gives `None` (counted and logged); [`InstAPDataCollator`] drops the
-    `None`s from its batch. Arguments as in [`InstVLIterableDataset`].
+    `None`s from its batch. `options` and keyword option fields as in [`InstVLIterableDataset`].
     """
 
     def __init__(
         self,
         records: Sequence[Mapping[str, Any]],
-        *,
-        num_frames: int = 16,
-        training: bool = True,
-        seed: int = 0,
-        max_instances_per_sample: int | None = 4,
-        require_caption: bool = True,
-        load_instances: bool = True,
-        skip_bad_samples: bool = True,
-        max_bad_samples: int | None = 1000,
-        max_bad_fraction: float | None = 0.1,
-        decode_threads: int = 1,
+        options: InstVLExampleOptions | None = None,
+        **option_fields: Any,
     ) -> None:
         self.records = records
-        self.num_frames = num_frames
-        self.training = training
-        self.seed = seed
-        self.max_instances_per_sample = max_instances_per_sample if training else None
-        self.require_caption = require_caption
-        self.load_instances = load_instances
-        self.skip_bad_samples = skip_bad_samples
-        self.tracker = BadSampleTracker(max_bad_samples, max_bad_fraction)
-        self.decode_threads = decode_threads
+        self.options = InstVLExampleOptions.build(options, option_fields, type(self).__name__)
+        self.tracker = self.options.new_tracker()
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -483,7 +484,7 @@ class InstVLMapDataset(Dataset):
         return [record.get("media_type") for record in self.records]
 
     def __getitem__(self, index: int) -> InstVLExample | None:
-        return _prepare_or_skip(self, self.records[int(index)], self.tracker)
+        return self.options.prepare_or_skip(self.records[int(index)], self.epoch, self.tracker)
 
 
 class MediaTypeBatchSampler(Sampler[list[int]]):

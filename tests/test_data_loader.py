@@ -219,3 +219,18 @@ def test_epoch_reaches_workers_and_changes_caption_sentences(data_dir, processor
     map_dataset = InstVLMapDataset([{"media_type": "video"}] * 8)
     EpochAwareDataLoader(map_dataset, batch_sampler=sampler).set_epoch(5)
     assert sampler.epoch == map_dataset.epoch == 5
+
+
+def test_dataset_options_object_and_keywords():
+    """Both InstVL datasets read one options object; keyword fields replace its values and a misspelled one is an
+    error naming it."""
+    from instap_processing.streaming import InstVLExampleOptions, InstVLIterableDataset, InstVLMapDataset
+
+    options = InstVLExampleOptions(num_frames=8, training=False, seed=3)
+    mapped = InstVLMapDataset([], options, seed=5)
+    streamed = InstVLIterableDataset([], options, batch_size=2, seed=5)
+    assert mapped.options == streamed.options == InstVLExampleOptions(num_frames=8, training=False, seed=5)
+    assert options.seed == 3  # the given object is not changed
+    for cls in (InstVLMapDataset, InstVLIterableDataset):
+        with pytest.raises(TypeError, match=r"unknown options \['num_frame'\]"):
+            cls([], num_frame=8)

@@ -21,7 +21,7 @@ from transformers.utils import logging
 from instap_eval.zero_shot import RERANK_SCORES, check_rerank_score
 from instap_processing import InstAPProcessor, InstAPVideoProcessor
 from instap_processing.instvl import load_instvl
-from instap_processing.streaming import InstVLIterableDataset, InstVLMapDataset
+from instap_processing.streaming import InstVLExampleOptions, InstVLIterableDataset, InstVLMapDataset
 from modeling_instap import InstAPConfig
 
 from .demo_data import DEFAULT_CACHE, build_caption_tokenizer, ensure_synthetic_instvl
@@ -334,7 +334,7 @@ def build_processor(
 def build_train_dataset(dataset: str, data_args: DataArguments, num_frames: int, batch_size: int, seed: int,
                         max_instances_per_sample: int | None, stage: int):
     """Decoding happens in the DataLoader workers (`InstVLMapDataset.__getitem__` / the iterable's `__iter__`)."""
-    common = dict(
+    options = InstVLExampleOptions(
         num_frames=num_frames,
         training=True,
         seed=seed,
@@ -349,8 +349,8 @@ def build_train_dataset(dataset: str, data_args: DataArguments, num_frames: int,
     records = load_instvl(dataset, data_args.train_split, media_root=data_args.media_root, streaming=data_args.streaming)
     if data_args.streaming:
         # The trainer splits the stream per rank once (split_dataset_by_node) and keeps accelerate's sharding off.
-        return InstVLIterableDataset(records, batch_size=batch_size, **common)
-    return InstVLMapDataset(records, **common)
+        return InstVLIterableDataset(records, options, batch_size=batch_size)
+    return InstVLMapDataset(records, options)
 
 
 def trainer_bad_sample_caps(data_args: DataArguments) -> dict:
