@@ -61,7 +61,7 @@ from instap_processing.records import decode_caption
 from instap_processing.streaming import MediaTypeBatchSampler
 
 from .retrieval import chance_mean_recall
-from .zero_shot import NoInstancesError, RetrievalResult, instance_retrieval, zero_shot_retrieval
+from .zero_shot import NoInstancesError, RetrievalResult, backbone_of, instance_retrieval, zero_shot_retrieval
 
 __all__ = [
     "BENCHMARKS",
@@ -384,8 +384,7 @@ def _default_num_frames(model, processor) -> int:
     frames = getattr(processor.video_processor, "num_frames", None)
     if frames:
         return int(frames)
-    backbone = model.instap if hasattr(model, "instap") else model
-    return int(backbone.config.vision_config.num_frames)
+    return int(backbone_of(model).config.vision_config.num_frames)
 
 
 def result_to_dict(result: RetrievalResult) -> dict[str, Any]:

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 
 from instap_processing.decoding import IMAGE_EXTENSIONS, DecodedVideo, decode_image, decode_media
 
+from .zero_shot import backbone_of
+
 __all__ = [
     "activation_map",
     "box_mass_ratio",
@@ -48,10 +50,6 @@ __all__ = [
 
 Method = Literal["attention", "features"]
 _IMAGE_MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
-
-
-def _backbone(model):
-    return model.instap if hasattr(model, "instap") else model
 
 
 def load_clip(video: Any, num_frames: int) -> DecodedVideo:
@@ -97,7 +95,7 @@ def token_relevance(
     Returns:
         ``(t, h, w)`` float32 scores >= 0 on the token grid (not normalised).
     """
-    backbone = _backbone(model)
+    backbone = backbone_of(model)
     if method not in ("attention", "features"):
         raise ValueError(f"method must be 'attention' or 'features', got {method!r}.")
     was_training = backbone.training
@@ -172,7 +170,7 @@ def activation_map(
     pixel_values = processor.video_processor([clip], do_train_augment=False, return_tensors="pt")["pixel_values"]
     tokens = processor.tokenize([phrase])
     relevance = token_relevance(model, pixel_values, tokens["input_ids"], tokens["attention_mask"], method)
-    tubelet = _backbone(model).config.vision_config.tubelet_size
+    tubelet = backbone_of(model).config.vision_config.tubelet_size
     relevance = relevance.repeat_interleave(tubelet, dim=0)[: clip.num_frames]
     size = tuple(size) if size is not None else (clip.height, clip.width)
     maps = F.interpolate(relevance[:, None], size=size, mode="bilinear", align_corners=False)[:, 0].clamp(min=0)

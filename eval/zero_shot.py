@@ -26,6 +26,7 @@ from .retrieval import ground_truth_with_identical_texts, video_text_retrieval_m
 
 __all__ = [
     "EncodedTexts",
+    "backbone_of",
     "RetrievalResult",
     "encode_texts",
     "encode_videos",
@@ -99,14 +100,16 @@ class NoInstancesError(ValueError):
     """Instance retrieval was asked of batches that hold no instance."""
 
 
-def _backbone(model):
+def backbone_of(model):
+    """The `InstAPModel` inside a task head (`InstAPForPreTraining.instap`, also through a PEFT wrapper, which forwards
+    attributes; its `base_model` would be the PEFT tuner), or `model` itself."""
     return model.instap if hasattr(model, "instap") else model
 
 
 @torch.no_grad()
 def encode_texts(model, input_ids: torch.Tensor, attention_mask: torch.Tensor, batch_size: int = 256) -> EncodedTexts:
     """Embed all captions with the text layers (mode "text"), in batches."""
-    backbone = _backbone(model)
+    backbone = backbone_of(model)
     device = next(backbone.parameters()).device
     embeds, states = [], []
     for start in range(0, input_ids.shape[0], batch_size):
@@ -123,7 +126,7 @@ def encode_videos(
     model, video_batches: Iterable[torch.Tensor], keep_tokens: bool = False
 ) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
     """Embed videos given as an iterable of `pixel_values` batches; optionally keep each batch's tokens (on CPU)."""
-    backbone = _backbone(model)
+    backbone = backbone_of(model)
     device = next(backbone.parameters()).device
     embeds, tokens = [], [] if keep_tokens else None
     for pixel_values in tqdm(video_batches, desc="encoding videos", disable=None, leave=False):
@@ -169,7 +172,7 @@ def rerank_with_matching_head(
         pairs and -100 elsewhere.
     """
     check_rerank_score(rerank_score)
-    backbone = _backbone(model)
+    backbone = backbone_of(model)
     device = next(backbone.parameters()).device
     num_videos, num_texts = scores.shape
     k_v2t, k_t2v = min(k, num_texts), min(k, num_videos)
@@ -238,8 +241,8 @@ def zero_shot_retrieval(
     """
     import time
 
-    model_was_training = _backbone(model).training
-    _backbone(model).eval()
+    model_was_training = backbone_of(model).training
+    backbone_of(model).eval()
     timings = {}
     if identical_texts_match:
         text_to_video = ground_truth_with_identical_texts(text_to_video, input_ids, attention_mask)
@@ -254,20 +257,20 @@ def zero_shot_retrieval(
         start = time.perf_counter()
 
         def token_batches():
-            backbone = _backbone(model)
+            backbone = backbone_of(model)
             device = next(backbone.parameters()).device
             # Runs inside `rerank_with_matching_head`, which is under no_grad.
             for pixel_values in video_batches():
                 yield backbone.vision_model(pixel_values.to(device)).last_hidden_state
 
-        temperature = _backbone(model).clamped_temperatures()[0].item()
+        temperature = backbone_of(model).clamped_temperatures()[0].item()
         v2t, t2v = rerank_with_matching_head(
             model, scores, texts, token_batches, k=k, fusion_batch_size=fusion_batch_size, rerank_score=rerank_score,
             temperature=temperature,
         )
         timings["rerank_s"] = time.perf_counter() - start
         metrics_rerank = _rerank_metrics(v2t, t2v, text_to_video)
-    _backbone(model).train(model_was_training)
+    backbone_of(model).train(model_was_training)
     return RetrievalResult(scores, v2t, t2v, metrics_dual, metrics_rerank, timings)
 
 
@@ -315,7 +318,7 @@ def instance_retrieval(
     """
     import time
 
-    backbone = _backbone(model)
+    backbone = backbone_of(model)
     was_training = backbone.training
     backbone.eval()
     device = next(backbone.parameters()).device

@@ -132,3 +132,42 @@ def write_image(
         with open(path, "wb") as handle:
             handle.write(data)
     return data
+
+
+def audio_only_mp4() -> bytes:
+    """An MP4 holding only an audio track: a container without a video frame."""
+    buffer = io.BytesIO()
+    container = av.open(buffer, mode="w", format="mp4")
+    stream = container.add_stream("aac", rate=16000)
+    frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+    frame.sample_rate = 16000
+    for packet in list(stream.encode(frame)) + list(stream.encode()):
+        container.mux(packet)
+    container.close()
+    return buffer.getvalue()
+
+
+BAD_MEDIA = (
+    "garbage bytes", "empty bytes", "truncated video", "unknown codec", "audio only", "missing video file",
+    "garbage image", "truncated image", "missing image file",
+)
+
+
+def bad_media_case(name: str, folder: str | os.PathLike) -> tuple[object, str, str]:
+    """`(media, media_type, reason)` of one bad-media case of `BAD_MEDIA`: the one list that the decoder tests and
+    the record tests both run (`folder` holds no file: the missing ones are paths in it)."""
+    video = write_video(indexed_frames(10, 48, 64), gop_size=4)
+    image = write_image(np.full((40, 50, 3), 90, dtype=np.uint8))
+    cases = {
+        "garbage bytes": (b"this is not a video" * 20, "video", "corrupt_media"),
+        "empty bytes": (b"", "video", "corrupt_media"),
+        "truncated video": (video[: len(video) // 3], "video", "corrupt_media"),
+        # The sample entry of the H.264 track rewritten to a codec tag FFmpeg does not know.
+        "unknown codec": (video.replace(b"avc1", b"zzzz"), "video", "unsupported_codec"),
+        "audio only": (audio_only_mp4(), "video", "zero_frames"),
+        "missing video file": (os.path.join(folder, "gone.mp4"), "video", "missing_file"),
+        "garbage image": (b"\xff\xd8\xff garbage", "image", "corrupt_media"),
+        "truncated image": (image[: len(image) // 2], "image", "corrupt_media"),
+        "missing image file": (os.path.join(folder, "gone.jpg"), "image", "missing_file"),
+    }
+    return cases[name]

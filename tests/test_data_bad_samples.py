@@ -1,14 +1,12 @@
 """Every kind of bad InstVL sample gives a clear error naming the sample id and the field; training streams skip,
 count and log them, and stop past a cap."""
 
-import io
 import logging
 import pickle
 
-import av
 import numpy as np
 import pytest
-from media_utils import indexed_frames, write_image, write_video
+from media_utils import BAD_MEDIA, bad_media_case, indexed_frames, write_image, write_video
 
 from instap_processing.collator import InstAPDataCollator
 from instap_processing.errors import InstVLSampleError, TooManyBadSamplesError
@@ -76,41 +74,10 @@ def test_empty_instance_list_is_valid(video_bytes):
         assert example.instances == []
 
 
-def test_corrupt_media_bytes(video_bytes):
-    expect_bad(video_record(video_bytes, media=b"\x00\x01garbage" * 50), "corrupt_media", "media")
-
-
-def test_truncated_video(video_bytes):
-    expect_bad(
-        video_record(video_bytes, media=video_bytes[: len(video_bytes) // 3]), "corrupt_media", "media"
-    )
-
-
-def test_truncated_image(image_bytes):
-    record = video_record(image_bytes[:200], media_type="image", instances=[])
-    expect_bad(record, "corrupt_media", "media")
-
-
-def test_missing_file(video_bytes, tmp_path):
-    expect_bad(video_record(video_bytes, media=str(tmp_path / "gone.mp4")), "missing_file", "media")
-
-
-def test_zero_frames(video_bytes):
-    buffer = io.BytesIO()
-    container = av.open(buffer, mode="w", format="mp4")
-    stream = container.add_stream("aac", rate=16000)
-    frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
-    frame.sample_rate = 16000
-    for packet in list(stream.encode(frame)) + list(stream.encode()):
-        container.mux(packet)
-    container.close()
-    expect_bad(video_record(video_bytes, media=buffer.getvalue()), "zero_frames", "media")
-
-
-def test_unsupported_codec(video_bytes):
-    expect_bad(
-        video_record(video_bytes, media=video_bytes.replace(b"avc1", b"zzzz")), "unsupported_codec", "media"
-    )
+@pytest.mark.parametrize("case", BAD_MEDIA)
+def test_bad_media(video_bytes, case, tmp_path):
+    media, media_type, reason = bad_media_case(case, tmp_path)
+    expect_bad(video_record(video_bytes, media=media, media_type=media_type, instances=[]), reason, "media")
 
 
 @pytest.mark.parametrize(

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from transformers import Trainer
 from transformers.utils import logging
 
+from instap_eval.zero_shot import backbone_of
 from instap_processing.streaming import BadSampleTracker
 from modeling_instap.modeling_instap import STAGE2_LOSS_WEIGHTS
 
@@ -294,7 +295,7 @@ class InstAPAlignTrainer(_InstAPTrainer):
 
         dataloader = self.get_eval_dataloader(eval_dataset)
         model = self.accelerator.unwrap_model(self.model)
-        backbone = model.instap if hasattr(model, "instap") else model
+        backbone = backbone_of(model)
         was_training = backbone.training
         backbone.eval()
         video_embeds, text_embeds = [], []
