@@ -117,9 +117,9 @@ class StandIns:
         return [f"caption {len(prompt.split())} words {image.size[0]}x{image.size[1]}." for image, prompt in zip(images, prompts)]
 
 
-def run(inputs, output, standins, **config):
+def run(inputs, output_dir, standins, **config):
     values = {"shots": {"frame_rate": 4, "min_seconds": 1.0}, "output": {"shard_size": 1}, **config}
-    return annotate(str(inputs), str(output), AnnotateConfig.from_dict(values), detector=standins.detector,
+    return annotate(str(inputs), str(output_dir), AnnotateConfig.from_dict(values), detector=standins.detector,
                     tracker=standins.tracker, captioner=standins.captioner)
 
 
@@ -192,3 +192,18 @@ def test_stages_can_be_skipped_with_your_own_captions(inputs, tmp_path):
     # No tracker: one box, on the key frame.
     assert records["clips/a#shot000"]["instances"][0]["frame_index"] == [0]
     assert summary["dropped_tracks"] == 0
+
+
+def test_annotated_folder_trains_with_run_align(inputs, tmp_path):
+    """The output is a training set as it is: `run_align.py --dataset_name_or_path OUTPUT` (2 steps)."""
+    from instap_train.run_align import main as run_align
+
+    output = tmp_path / "out"
+    run(inputs, output, StandIns(), output={"shard_size": 2})
+    run_align([
+        "--dataset_name_or_path", str(output), "--output_dir", str(tmp_path / "model"), "--max_steps", "2",
+        "--per_device_train_batch_size", "2", "--num_frames", "4", "--eval_splits", "", "--save_strategy", "no",
+        "--report_to", "none", "--dataloader_num_workers", "0", "--use_cpu",
+        "--config_overrides", "vision_config.image_size=32,teacher_config.image_size=32,teacher_image_size=32",
+    ])
+    assert (tmp_path / "model" / "model.safetensors").is_file()
