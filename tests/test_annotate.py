@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from media_utils import write_image, write_video
 
 from instap_processing.annotate import (
@@ -207,3 +208,106 @@ def test_annotated_folder_trains_with_run_align(inputs, tmp_path):
         "--config_overrides", "vision_config.image_size=32,teacher_config.image_size=32,teacher_image_size=32",
     ])
     assert (tmp_path / "model" / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The real stage models, tiny and random (built offline from their transformers configs)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from annotation_models import tiny_captioner, tiny_grounding_dino, tiny_sam2_video
+
+    root = tmp_path_factory.mktemp("annotation_models")
+    for name, build in (("detector", tiny_grounding_dino), ("tracker", tiny_sam2_video), ("captioner", tiny_captioner)):
+        build(root / name)
+    return root
+
+
+def real_config(tiny_models, **values):
+    return AnnotateConfig.from_dict({
+        "shots": {"frame_rate": 4, "min_seconds": 1.0},
+        "detection": {"model": str(tiny_models / "detector"), "categories": ["person", "car", "dog"],
+                      "box_threshold": 0.0, "text_threshold": 0.0, "min_box_side": 0.0, "max_instances": 3},
+        "tracking": {"model": str(tiny_models / "tracker")},
+        "captions": {"model": str(tiny_models / "captioner"), "max_new_tokens_scene": 4, "max_new_tokens_instance": 3},
+        "output": {"shard_size": 2},
+        "device": "cpu",
+        **values,
+    })
+
+
+def test_grounding_dino_detector_wiring(tiny_models):
+    from PIL import Image
+    from torchvision.ops import box_iou
+
+    from instap_processing.annotate.models import build_detector
+
+    config = real_config(tiny_models, detection={
+        "model": str(tiny_models / "detector"), "categories": ["person", "car", "dog"], "box_threshold": 0.0,
+        "text_threshold": 0.0, "nms_iou": 0.3, "max_instances": 4})
+    detector = build_detector(config)
+    images = [Image.fromarray(np.full((48, 64, 3), 90, np.uint8)), Image.fromarray(np.full((60, 40, 3), 30, np.uint8))]
+    found = detector(images)
+    assert len(found) == 2
+    for image, detections in zip(images, found):
+        assert 1 <= len(detections) <= 4
+        boxes = torch.tensor([d["box"] for d in detections])
+        assert (boxes[:, 0::2] >= 0).all() and (boxes[:, 0::2] <= image.width).all()
+        assert (boxes[:, 1::2] >= 0).all() and (boxes[:, 1::2] <= image.height).all()
+        assert all(d["category"] in ("person", "car", "dog") for d in detections)
+        overlaps = box_iou(boxes, boxes).fill_diagonal_(0)
+        assert (overlaps <= 0.3 + 1e-6).all()  # NMS, across categories
+
+
+def test_a_track_ends_where_its_mask_vanishes():
+    from instap_processing.annotate.models import masks_to_boxes, tracks_from_frame_boxes
+
+    masks = torch.zeros(2, 6, 8, dtype=torch.bool)
+    masks[0, 1:3, 2:5] = True
+    assert masks_to_boxes(masks) == [[2.0, 1.0, 5.0, 3.0], None]
+    a, b = [0.0, 0.0, 2.0, 2.0], [1.0, 1.0, 3.0, 3.0]
+    per_frame = {0: [a, b], 1: [a, None], 2: [a, b], 3: [None, b]}
+    assert tracks_from_frame_boxes(per_frame, 2) == [{0: a, 1: a, 2: a}, {0: b}]  # b does not come back at frame 2
+
+
+def test_sam2_video_tracker_wiring(tiny_models):
+    from instap_processing.annotate.models import build_tracker
+
+    tracker = build_tracker(real_config(tiny_models))
+    frames = list(segment_frames([6]))
+    boxes = [[4.0, 12.0, 16.0, 24.0], [30.0, 5.0, 60.0, 40.0]]
+    tracks = tracker(frames, boxes)
+    assert len(tracks) == 2
+    for track, box in zip(tracks, boxes):
+        assert track[0] == box  # the key frame keeps the prompt box
+        assert sorted(track) == list(range(len(track)))  # consecutive frames from the key frame
+        for x1, y1, x2, y2 in track.values():
+            assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 48
+
+
+def test_captioner_wiring(tiny_models):
+    from PIL import Image
+
+    from instap_processing.annotate.models import build_captioner
+
+    captioner = build_captioner(real_config(tiny_models))
+    images = [Image.fromarray(np.full((48, 64, 3), v, np.uint8)) for v in (20, 200, 90)]
+    captions = captioner(images, ["Describe the scene.", "Describe it.", "The dog in the red box."], 3)
+    assert len(captions) == 3 and all(isinstance(caption, str) for caption in captions)
+    # Batched (left-padded) generation gives each image the caption it gets alone.
+    assert captioner(images[1:2], ["Describe it."], 3) == captions[1:2]
+
+
+def test_annotation_with_the_real_models_end_to_end(inputs, tiny_models, tmp_path):
+    output = tmp_path / "out"
+    summary = annotate(str(inputs), str(output), real_config(tiny_models))
+    assert summary["items"] == 4 and summary["bad_inputs"].keys() == {"broken.mp4"}
+    records = list(load_instvl(str(output), "train", streaming=False))
+    assert len(records) == 4 and all(isinstance(record["caption"], str) for record in records)
+    assert sum(len(record["instances"]) for record in records) == summary["instances"] > 0
+    for record in records:
+        for instance in record["instances"]:
+            assert instance["category"] in ("person", "car", "dog") and isinstance(instance["caption"], str)
+            assert len(instance["frame_index"]) == len(instance["boxes"]) >= 1

@@ -27,6 +27,7 @@ __all__ = [
     "build_tracker",
     "masks_to_boxes",
     "resolve_device",
+    "tracks_from_frame_boxes",
 ]
 
 
@@ -78,7 +79,7 @@ class GroundingDinoDetector:
         found = []
         for image, result in zip(images, results):
             boxes, scores = result["boxes"].float().cpu(), result["scores"].float().cpu()
-            labels = result.get("text_labels", result.get("labels"))
+            labels = result["text_labels"] if "text_labels" in result else result["labels"]
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, image.width)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, image.height)
             keep = nms(boxes, scores, self.config.nms_iou) if len(boxes) else torch.zeros(0, dtype=torch.long)
@@ -112,28 +113,38 @@ class Sam2VideoTracker:
         session = self.processor.init_video_session(
             video=list(frames), inference_device=device, dtype=self.model.dtype
         )
-        object_ids = list(range(1, len(boxes) + 1))
         self.processor.add_inputs_to_inference_session(
-            inference_session=session, frame_idx=0, obj_ids=object_ids,
+            inference_session=session, frame_idx=0, obj_ids=list(range(1, len(boxes) + 1)),
             input_boxes=[[[float(v) for v in box] for box in boxes]],
         )
-        size = [[session.video_height, session.video_width]]
-        tracks: list[dict[int, list[float]]] = [{} for _ in boxes]
-        ended = [False] * len(boxes)
+        size = [[int(session.video_height), int(session.video_width)]]
+        per_frame: dict[int, list[list[float] | None]] = {}
         self.model(inference_session=session, frame_idx=0)
         for output in self.model.propagate_in_video_iterator(session):
             masks = self.processor.post_process_masks(
                 [output.pred_masks], original_sizes=size, mask_threshold=self.config.mask_threshold, binarize=True
             )[0]
-            frame_boxes = masks_to_boxes(masks[:, 0].bool().cpu())
-            for position, box in enumerate(frame_boxes):
-                if ended[position]:
-                    continue
-                if box is None:
-                    ended[position] = True
-                else:
-                    tracks[position][int(output.frame_idx)] = box
-        return tracks
+            per_frame[int(output.frame_idx)] = masks_to_boxes(masks[:, 0].bool().cpu())
+        # The key frame keeps the detected box (the prompt); the masks give the later frames.
+        per_frame[0] = [[float(v) for v in box] for box in boxes]
+        return tracks_from_frame_boxes(per_frame, len(boxes))
+
+
+def tracks_from_frame_boxes(per_frame: dict[int, list[list[float] | None]], num_objects: int) -> list[dict[int, list[float]]]:
+    """Per-object tracks `{frame: box}` from per-frame box lists (`None`: the object's mask is empty there). A track
+    ends at its object's first empty frame (after the first frame), even if the object shows again later: the
+    later mask may be another object, and an InstVL track is one object."""
+    tracks: list[dict[int, list[float]]] = [{} for _ in range(num_objects)]
+    ended = [False] * num_objects
+    for frame in sorted(per_frame):
+        for position, box in enumerate(per_frame[frame]):
+            if ended[position]:
+                continue
+            if box is None:
+                ended[position] = True
+            else:
+                tracks[position][frame] = box
+    return tracks
 
 
 class VisionLanguageCaptioner:
@@ -143,6 +154,9 @@ class VisionLanguageCaptioner:
     def __init__(self, model, processor, config: AnnotateConfig) -> None:
         self.model, self.processor = model, processor
         self.batch_size = max(1, config.detection.batch_size)
+        # A decoder-only language model generates after the prompt: pad on the left in a batch.
+        if getattr(processor, "tokenizer", None) is not None:
+            processor.tokenizer.padding_side = "left"
 
     @torch.no_grad()
     def __call__(self, images, prompts: Sequence[str], max_new_tokens: int) -> list[str]:

@@ -218,7 +218,7 @@ def annotate(
         bars["tracking"].update(len(items))
 
         start = time.perf_counter()
-        _caption(items, captioner, known_captions, config)
+        _caption(items, captioner, known_captions, config, counts)
         seconds["captions"] += time.perf_counter() - start
         bars["captions"].update(len(items))
 
@@ -257,6 +257,7 @@ def _summary(state: _State, counts: Counter, seconds: Counter) -> dict[str, Any]
         "instances": counts.get("instances", 0),
         "instances_per_item": counts.get("instances", 0) / items if items else 0.0,
         "dropped_tracks": counts.get("dropped_tracks", 0),
+        "empty_captions_replaced": counts.get("empty_captions", 0),
         "shards": state.values["shards"],
         "seconds_per_stage": {stage: round(seconds.get(stage, 0.0), 3) for stage in STAGES},
     }
@@ -336,8 +337,9 @@ def _with_box(frame: np.ndarray, box: Sequence[float], config: AnnotateConfig) -
     return image
 
 
-def _caption(items: list[Item], captioner, known: dict[str, str], config: AnnotateConfig) -> None:
-    """Scene and instance captions: a captions file first, then the model, else the detected categories."""
+def _caption(items: list[Item], captioner, known: dict[str, str], config: AnnotateConfig, counts: Counter) -> None:
+    """Scene and instance captions: a captions file first, then the model, else the detected categories (also for
+    a caption the model leaves empty, counted as `empty_captions`)."""
     prompts = load_prompts(config.captions.prompts) if captioner is not None else None
     for item in items:
         given = known.get(item.id, known.get(item.source))
@@ -346,7 +348,8 @@ def _caption(items: list[Item], captioner, known: dict[str, str], config: Annota
         elif captioner is not None:
             item.caption = captioner([_pil(item.frames[0])], [prompts["scene"].format(media=item.media_type)],
                                      config.captions.max_new_tokens_scene)[0]
-        else:
+        if not (item.caption or "").strip():
+            counts["empty_captions"] += item.caption is not None
             item.caption = scene_caption_from_categories(item.media_type, [i["category"] for i in item.instances])
         if captioner is not None and item.instances:
             images = [_with_box(item.frames[i["frame_index"][0]], i["boxes"][0], config) for i in item.instances]
@@ -355,6 +358,9 @@ def _caption(items: list[Item], captioner, known: dict[str, str], config: Annota
         else:
             captions = [category_caption(i["category"]) for i in item.instances]
         for instance, caption in zip(item.instances, captions):
+            if not caption.strip():
+                counts["empty_captions"] += 1
+                caption = category_caption(instance["category"])
             instance["caption"] = caption
 
 
