@@ -30,6 +30,9 @@ class InstAPDataCollator:
         training (`bool`, *optional*, defaults to `True`): random resized crop + flip, and caption sub-sampling by
             epoch (unless the processor's `full_caption` is set); otherwise resize only and whole captions.
         max_length (`int`, *optional*): token length; defaults to the processor's.
+        uint8_instance_crops (`bool`, *optional*, defaults to `False`): instance crops as uint8 pixels (4x less memory
+            between the workers and the device); whoever feeds the model normalises them with
+            `processor.normalize_instance_crops` (InstAPTrainer does, on the device).
     """
 
     def __init__(
@@ -40,8 +43,10 @@ class InstAPDataCollator:
         instances: bool = True,
         training: bool = True,
         max_length: int | None = None,
+        uint8_instance_crops: bool = False,
     ) -> None:
         self.processor = processor
+        self.uint8_instance_crops = uint8_instance_crops
         self.text = text
         self.instances = instances
         self.training = training
@@ -80,6 +85,7 @@ class InstAPDataCollator:
             sample_ids=[example.sample_id for example in examples],
             epoch=examples[0].epoch if self.training else None,
             max_length=self.max_length,
+            uint8_instance_crops=self.uint8_instance_crops,
             **augment,
         )
         batch = {key: value for key, value in output.items() if isinstance(value, torch.Tensor)}

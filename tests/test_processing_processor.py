@@ -313,3 +313,24 @@ def test_without_trajectories_every_frame_takes_the_first_box(processor, moving_
     red = (crops[:, 0] - crops[:, 1:].mean(1)).mean(dim=(1, 2))
     # The square moves away from its first box: the last frames' crops show less of it than the first one's.
     assert red[-1] < red[0] - 0.2, red
+
+
+@pytest.mark.parametrize("train", [False, True])
+def test_uint8_crops_normalise_to_the_float_crops(processor, moving_red_square, train):
+    """`uint8_instance_crops=True`: a quarter of the bytes, and `normalize_instance_crops` gives the float crops back
+    up to the rounding of the crop to whole pixel values (half a level, over the std)."""
+    video, instance = moving_red_square
+    common = dict(videos=[video, video], text=["a.", "b."], instances=[[instance], [instance]], sample_ids=["a", "b"],
+                  do_train_augment=train, augment_seeds=[1, 2] if train else None)
+    torch.manual_seed(0)  # frame sampling of raw videos draws from the global generator
+    floats = processor(**common)["instance_pixel_values"]
+    torch.manual_seed(0)
+    pixels = processor(**common, uint8_instance_crops=True)["instance_pixel_values"]
+    assert pixels.dtype == torch.uint8 and pixels.shape == floats.shape
+    assert pixels.element_size() * 4 == floats.element_size()
+    restored = processor.normalize_instance_crops(pixels)
+    tolerance = 0.5 * processor.video_processor.rescale_factor / min(processor.video_processor.image_std) + 1e-5
+    assert (restored - floats).abs().max() <= tolerance
+    assert (restored - floats).abs().max() > 0  # the rounding is real: this is not the float path twice
+    with pytest.raises(ValueError, match="uint8"):
+        processor.normalize_instance_crops(floats)

@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> dict:
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
-        data_collator=InstAPDataCollator(processor, text=True, instances=True, training=True),
+        # Crops stay uint8 until the trainer normalises them on the device (4x less worker-to-device memory).
+        data_collator=InstAPDataCollator(processor, text=True, instances=True, training=True, uint8_instance_crops=True),
         eval_data_collator=InstAPDataCollator(processor, text=True, instances=False, training=False),
         processing_class=processor,
         **trainer_bad_sample_caps(data_args),

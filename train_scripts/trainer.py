@@ -163,6 +163,13 @@ class _InstAPTrainer(Trainer):
         if model.training:
             self.dropped_instances += int(dropped) if dropped is not None else 0
             self.sample_counts.add_counts(int(skipped) if skipped is not None else 0, int(inputs["pixel_values"].shape[0]))
+        crops = inputs.get("instance_pixel_values")
+        if crops is not None and crops.dtype == torch.uint8:  # the collator's uint8_instance_crops: normalise here
+            if self.processing_class is None or not hasattr(self.processing_class, "normalize_instance_crops"):
+                raise ValueError("uint8 instance crops need the InstAPProcessor as the trainer's processing_class.")
+            inputs["instance_pixel_values"] = self.processing_class.normalize_instance_crops(
+                crops, dtype=inputs["pixel_values"].dtype
+            )
         outputs = model(**inputs)
         loss = outputs.loss
         if model.training:
