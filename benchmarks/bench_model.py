@@ -1,6 +1,8 @@
 """Benchmark one stage-2 step of InstAPForPreTraining (teacher on, instances on): forward + backward time and peak
 memory, for mask ratio 0 vs 0.8 and with/without gradient checkpointing, as ratios against the unmasked,
-non-checkpointed step of the same config measured in the same run; plus the instance branch's share of the step.
+non-checkpointed step of the same config measured in the same run; plus the instance branch's share of the step and
+a per-component profile of one step (teacher, vision scenes and crops, attention pool, text and fusion passes, MLM
+head, loss functions, backward, optimizer; medians of >= 5 steps after a warm-up).
 
     .venv/bin/python benchmarks/bench_model.py                      # tiny + small, CPU (1 thread), ~1-3 min
     .venv/bin/python benchmarks/bench_model.py --configs small --steps 5 --device cuda
@@ -71,6 +73,20 @@ def small_config(depth: int) -> InstAPConfig:
     )
 
 
+def umt_dims_config() -> InstAPConfig:
+    """The dimensions of the speed issue's comparison with UMT's code: ViT 384 x 6 blocks, 6 heads, 8 frames at 112²
+    (patch 16); BERT 384 x 6 layers with fusion from layer 4; a teacher of the same size. Batch 8, 16-token
+    captions, 4 instances per sample (`--configs umt`)."""
+    config = small_config(6)
+    for part in (config.vision_config, config.text_config, config.teacher_config):
+        part.hidden_size, part.num_attention_heads, part.intermediate_size = 384, 6, 1536
+    config.text_config.fusion_layer = 4
+    config.teacher_config.projection_dim = 384
+    config.projection_dim = 256
+    config.text_config.encoder_hidden_size = 384
+    return config
+
+
 def make_setups(args) -> list[Setup]:
     setups = []
     for name in args.configs:
@@ -80,8 +96,10 @@ def make_setups(args) -> list[Setup]:
         elif name == "small":
             config = small_config(args.small_depth)
             setups.append(Setup("small", config, args.batch_size, args.instances_per_sample, args.frames or 8, 32, 3))
+        elif name == "umt":
+            setups.append(Setup("umt", umt_dims_config(), 8, 4, 8, 16, 5))
         else:
-            raise SystemExit(f"unknown config {name!r}; choose from tiny, small")
+            raise SystemExit(f"unknown config {name!r}; choose from tiny, small, umt")
     return setups
 
 
@@ -216,6 +234,102 @@ def encoder_only_time(model, batch, device, ratio: float, steps: int) -> float:
     return min(times[1:])
 
 
+COMPONENT_LOSSES = ("contrastive_loss", "local_contrastive_loss", "matching_loss", "mlm_loss", "reconstruction_loss")
+
+
+def component_profile(model: InstAPForPreTraining, batch: dict, device: torch.device, steps: int) -> dict[str, float]:
+    """Median seconds of each part of one stage-2 step with instances, over `steps` steps after one warm-up:
+    forward time per component (forward hooks; the vision encoder split into scene and crop calls by their batch
+    size, the text encoder into its text and fusion calls), the loss functions (wrapped for the run), the whole
+    backward and an AdamW step. Parts inside another part (a loss inside a forward) are not double counted: hooks
+    time only the outermost component active."""
+    import statistics
+
+    import modeling_instap.modeling_instap as modeling
+
+    scenes = batch["pixel_values"].shape[0]
+    timings: dict[str, list[float]] = {}
+    current: dict[str, float] = {}
+    active: list[str] = []
+
+    def begin(name):
+        if not active:
+            synchronize(device)
+            current["start"] = time.perf_counter()
+        active.append(name)
+
+    def end():
+        name = active.pop()
+        if not active:
+            synchronize(device)
+            current[name] = current.get(name, 0.0) + time.perf_counter() - current["start"]
+
+    def vision_name(args, kwargs):
+        pixels = args[0] if args else kwargs.get("pixel_values")
+        return "vision encoder, scenes" if pixels.shape[0] == scenes else "vision encoder, crops"
+
+    def text_name(args, kwargs):
+        return "text encoder, fusion (VTM/MLM)" if kwargs.get("encoder_hidden_states") is not None else "text encoder"
+
+    handles = []
+    for module, namer in (
+        (model.distillation.teacher.vision_model, lambda a, k: "teacher"),
+        *((head, lambda a, k: "distillation heads") for head in model.distillation.heads),
+        (model.instap.vision_model, vision_name),
+        (model.instap.attention_pool, lambda a, k: "attention pool"),
+        (model.instap.text_model, text_name),
+        (model.mlm_head, lambda a, k: "MLM head"),
+    ):
+        handles.append(module.register_forward_pre_hook(
+            lambda m, a, k, namer=namer: begin(namer(a, k)), with_kwargs=True))
+        handles.append(module.register_forward_hook(lambda m, a, k, o: end(), with_kwargs=True))
+    originals = {name: getattr(modeling, name) for name in COMPONENT_LOSSES if hasattr(modeling, name)}
+
+    def wrapped(function):
+        def call(*args, **kwargs):
+            begin("loss functions")
+            try:
+                return function(*args, **kwargs)
+            finally:
+                end()
+        return call
+
+    for name, function in originals.items():
+        setattr(modeling, name, wrapped(function))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+    try:
+        for step in range(steps + 1):
+            current.clear()
+            model.zero_grad(set_to_none=True)
+            torch.manual_seed(step)
+            synchronize(device)
+            start = time.perf_counter()
+            loss = model(**batch).loss
+            synchronize(device)
+            forward = time.perf_counter() - start
+            start = time.perf_counter()
+            loss.backward()
+            synchronize(device)
+            backward = time.perf_counter() - start
+            start = time.perf_counter()
+            optimizer.step()
+            synchronize(device)
+            current["optimizer (AdamW)"] = time.perf_counter() - start
+            current["backward (all)"] = backward
+            parts = sum(value for key, value in current.items() if key not in ("start", "backward (all)", "optimizer (AdamW)"))
+            current["forward, other (projections, gathers, masking)"] = forward - parts
+            if step > 0:  # the first is warm-up
+                for key, value in current.items():
+                    if key != "start":
+                        timings.setdefault(key, []).append(value)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for name, function in originals.items():
+            setattr(modeling, name, function)
+    return {key: statistics.median(values) for key, values in timings.items()}
+
+
 def bench(setup: Setup, args, device: torch.device) -> dict:
     torch.manual_seed(0)
     model = InstAPForPreTraining(setup.config).to(device).train()
@@ -248,7 +362,10 @@ def bench(setup: Setup, args, device: torch.device) -> dict:
                 memory[v] = cpu_peak_bytes(model, batches[v.instances], seed=0)
     configure(model, variants[0])
     encoder = {ratio: encoder_only_time(model, batches[True], device, ratio, steps) for ratio in (0.0, 0.8)}
+    configure(model, Variant(0.8, False, True))
+    profile = component_profile(model, batches[True], device, max(5, steps))
     return {
+        "profile": profile,
         "setup": setup,
         "variants": variants,
         "time": {v: min(t) for v, t in times.items()},
@@ -312,12 +429,21 @@ def report(results: list[dict], device: torch.device, memory_label: str, load_be
             f"student encoder alone (scenes + crops, fwd+bwd) {encoder_ratio:.2f}x. The frozen teacher (unmasked, "
             f"forward only), the text/fusion passes and the MLM heads do not shrink with rho."
         )
-    return "\n".join(lines + [""] + notes)
+    profiles = []
+    for result in results:
+        profile = result["profile"]
+        total = sum(profile.values())
+        profiles += ["", f"Per-component profile, {result['setup'].name}, rho 0.8 with instances (median of the steps; "
+                     f"step {total * 1e3:.1f} ms):", "", "| part | ms | share |", "|---|---:|---:|"]
+        for name, seconds in sorted(profile.items(), key=lambda item: -item[1]):
+            profiles.append(f"| {name} | {seconds * 1e3:.1f} | {seconds / total:.0%} |")
+    return "\n".join(lines + [""] + notes + profiles)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--configs", nargs="+", default=["tiny", "small"], help="tiny and/or small")
+    parser.add_argument("--configs", nargs="+", default=["tiny", "small"],
+                        help="tiny, small and/or umt (the dimensions of UMT's comparison: batch 8, 4 crops each)")
     parser.add_argument(
         "--steps", type=int, default=None, help="timed steps per variant, best reported (default: tiny 10, small 3)"
     )
