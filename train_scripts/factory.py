@@ -110,8 +110,16 @@ class DataArguments:
                   "CPU machine leave cores to the DataLoader workers (the demo: 1 thread beside 2 workers)."},
     )
 
+    decode_threads: int = field(
+        default=1,
+        metadata={"help": "FFmpeg threads per decoded clip (PyAV thread_type AUTO above 1). Keep 1 when DataLoader "
+                  "workers already use the cores; more for long, high-resolution videos with few workers."},
+    )
+
     def __post_init__(self) -> None:
         check_rerank_score(self.rerank_score)  # argparse checks choices, a JSON argument file does not
+        if self.decode_threads < 1:
+            raise ValueError(f"decode_threads must be >= 1, got {self.decode_threads}.")
 
 
 def _explicit_flags(argv: list[str]) -> set[str]:
@@ -345,6 +353,7 @@ def build_train_dataset(dataset: str, data_args: DataArguments, num_frames: int,
         # mean something else for each worker count.
         max_bad_samples=None,
         max_bad_fraction=None,
+        decode_threads=data_args.decode_threads,
     )
     records = load_instvl(dataset, data_args.train_split, media_root=data_args.media_root, streaming=data_args.streaming)
     if data_args.streaming:
