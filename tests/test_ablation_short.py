@@ -20,7 +20,7 @@ def _train(root, data, name, overrides=None):
     argv = [
         "--output_dir", str(root / name), "--synthetic_dir", data, "--synthetic_num_train", "128",
         "--synthetic_num_test", "32", "--max_steps", str(STEPS), "--warmup_steps", "10", "--logging_steps", "100",
-        "--report_to", "none", "--dataloader_num_workers", "0", "--use_cpu", "--eval_splits", ",".join(SPLITS),
+        "--report_to", "none", "--dataloader_num_workers", "1", "--use_cpu", "--eval_splits", ",".join(SPLITS),
         "--rerank_k", "4",
     ]
     return run_align(argv + (["--config_overrides", overrides] if overrides else []))
