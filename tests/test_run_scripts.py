@@ -144,10 +144,12 @@ def test_streaming_training_runs(synthetic_dir, tmp_path):
     """`--streaming`: the split is read as a `datasets.IterableDataset` and decoded in the loader."""
     from instap_train.run_align import main as run_align
 
+    torch.set_num_threads(2)  # the demo defaults set 1 thread while the script runs, and give the caller's back
     results = run_align(
         common_args(synthetic_dir, tmp_path / "stream", 2)
         + ["--streaming", "--eval_splits", "", "--hub_model_id", "org/instap-test"]
     )
+    assert torch.get_num_threads() == 2
     assert results == {}
     assert (tmp_path / "stream" / "model.safetensors").exists()
     # --hub_model_id without --push_to_hub: a Hub-ready export and a dry run of the upload, nothing sent.

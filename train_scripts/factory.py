@@ -8,6 +8,7 @@ to a Trainer.
 import argparse
 import dataclasses
 import difflib
+import functools
 import json
 import os
 import re
@@ -120,6 +121,21 @@ class DataArguments:
         check_rerank_score(self.rerank_score)  # argparse checks choices, a JSON argument file does not
         if self.decode_threads < 1:
             raise ValueError(f"decode_threads must be >= 1, got {self.decode_threads}.")
+
+
+def restores_torch_threads(main):
+    """A run script's `main`, which may set the process's thread count (`--torch_num_threads`), restores the caller's
+    count when it returns: called in-process (tests, benchmarks) it leaves the caller's setting as it found it."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        threads = torch.get_num_threads()
+        try:
+            return main(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
 
 
 def _explicit_flags(argv: list[str]) -> set[str]:
@@ -390,6 +406,7 @@ __all__ = [
     "check_dataset_source",
     "parse_overrides",
     "parse_script_arguments",
+    "restores_torch_threads",
     "resolve_dataset",
 ]
 

@@ -34,6 +34,7 @@ from instap_train.factory import (
     parse_script_arguments,
     resolve_dataset,
     resolve_resume_checkpoint,
+    restores_torch_threads,
     trainer_bad_sample_caps,
 )
 from instap_train.reporting import plot_training_curves
@@ -135,6 +136,7 @@ def evaluate_splits(
     }
 
 
+@restores_torch_threads
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args = parse_script_arguments(argv, DEMO_ARGUMENTS, description=DESCRIPTION)
     # Trainer would create the Hub repository at start (network); the export below pushes (or dry-runs) at the end.

@@ -21,6 +21,7 @@ from instap_train.factory import (
     parse_script_arguments,
     resolve_dataset,
     resolve_resume_checkpoint,
+    restores_torch_threads,
     trainer_bad_sample_caps,
 )
 from modeling_instap import InstAPForMaskedVideoModeling
@@ -46,6 +47,7 @@ DEMO_ARGUMENTS = {
 }
 
 
+@restores_torch_threads
 def main(argv: list[str] | None = None):
     model_args, data_args, training_args = parse_script_arguments(argv, DEMO_ARGUMENTS, description=__doc__)
     dataset = resolve_dataset(data_args)
