@@ -174,6 +174,7 @@ def test_resume_after_stopping_half_way(inputs, tmp_path):
     assert summary["items"] == 4 and summary["shards"] == 3  # a.mp4 (2 shots), b.mp4, photo.jpg
     with pytest.raises(ValueError, match="another config"):
         run(inputs, output, StandIns(), detection={"max_instances": 1})
+    assert run(inputs, output, StandIns(), device="cpu")["items"] == 4  # another device is the same run
 
 
 def test_stages_can_be_skipped_with_your_own_captions(inputs, tmp_path):

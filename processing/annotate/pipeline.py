@@ -121,7 +121,9 @@ class _State:
 
     def __init__(self, output_dir: str, config: AnnotateConfig) -> None:
         self.path = os.path.join(output_dir, STATE_FILE)
-        self.values: dict[str, Any] = {"config": config.to_dict(), "shards": 0, "done": {}, "counts": {}, "seconds": {}}
+        # Where the models run is no part of what the output is: a run may resume on another device.
+        settings = {key: value for key, value in config.to_dict().items() if key != "device"}
+        self.values: dict[str, Any] = {"config": settings, "shards": 0, "done": {}, "counts": {}, "seconds": {}}
         if os.path.isfile(self.path):
             with open(self.path, encoding="utf-8") as handle:
                 previous = json.load(handle)
@@ -172,6 +174,7 @@ def annotate(
     if captioner is None and config.captions.enabled and todo:
         captioner = build_captioner(config)
     known_captions = _load_captions_file(config.captions.captions_file)
+    prompts = load_prompts(config.captions.prompts) if captioner is not None else None
 
     bars = {stage: tqdm(desc=stage, unit="item", position=i, disable=None, leave=True) for i, stage in enumerate(STAGES)}
     pending: list[dict[str, Any]] = []
@@ -218,7 +221,7 @@ def annotate(
         bars["tracking"].update(len(items))
 
         start = time.perf_counter()
-        _caption(items, captioner, known_captions, config, counts)
+        _caption(items, captioner, prompts, known_captions, config, counts)
         seconds["captions"] += time.perf_counter() - start
         bars["captions"].update(len(items))
 
@@ -337,10 +340,11 @@ def _with_box(frame: np.ndarray, box: Sequence[float], config: AnnotateConfig) -
     return image
 
 
-def _caption(items: list[Item], captioner, known: dict[str, str], config: AnnotateConfig, counts: Counter) -> None:
+def _caption(
+    items: list[Item], captioner, prompts, known: dict[str, str], config: AnnotateConfig, counts: Counter
+) -> None:
     """Scene and instance captions: a captions file first, then the model, else the detected categories (also for
     a caption the model leaves empty, counted as `empty_captions`)."""
-    prompts = load_prompts(config.captions.prompts) if captioner is not None else None
     for item in items:
         given = known.get(item.id, known.get(item.source))
         if given is not None:
