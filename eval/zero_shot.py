@@ -39,7 +39,12 @@ __all__ = [
 ]
 
 RERANK_FLOOR = -100.0  # UMT's score for candidates outside the top k
-RERANK_SCORES = ("positive_logit", "fused")
+# The re-ranking rules (`rerank_pair_scores`), each with the words a results table uses for it.
+_RERANK_RULES = {
+    "positive_logit": "the matching head's positive logit",
+    "fused": "the dual encoder's and the matching head's log probabilities added (s/τ + log p(match))",
+}
+RERANK_SCORES = tuple(_RERANK_RULES)
 
 
 def check_rerank_score(rerank_score: str) -> None:
@@ -49,11 +54,8 @@ def check_rerank_score(rerank_score: str) -> None:
 
 def describe_rerank(rerank_score: str, k: int) -> str:
     """One sentence for a results table: what the re-ranked rows are."""
-    rule = {
-        "positive_logit": "the matching head's positive logit",
-        "fused": "the dual encoder's and the matching head's log probabilities added (s/τ + log p(match))",
-    }[rerank_score]
-    return f"Re-ranked rows: {rule} on each query's top {k}; recalls only, since ranks outside the top k are not meaningful."
+    check_rerank_score(rerank_score)
+    return f"Re-ranked rows: {_RERANK_RULES[rerank_score]} on each query's top {k}; recalls only, since ranks outside the top k are not meaningful."
 
 
 def rerank_pair_scores(
