@@ -261,11 +261,8 @@ class InstAPProcessor(ProcessorMixin):
         the video processor's rescale and normalisation."""
         if crops.dtype != torch.uint8:
             raise ValueError(f"normalize_instance_crops expects uint8 crops, got {crops.dtype}.")
-        vp = self.video_processor
-        normalized = vp.rescale_and_normalize(
-            crops.float(), vp.do_rescale, vp.rescale_factor, vp.do_normalize, vp.image_mean, vp.image_std
-        )
-        return normalized.to(dtype)
+        scale, mean, std = self._normalisation(crops.device)
+        return ((crops.float() * scale - mean) / std).to(dtype)
 
     def _caption_for_clip(self, caption: str, key: str, epoch: int | None, flipped: bool) -> str:
         caption = self.select_caption(caption, key, epoch)
