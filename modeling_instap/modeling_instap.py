@@ -37,6 +37,7 @@ from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_instap import InstAPConfig, InstAPTextConfig, InstAPVisionConfig
 from .losses import (
+    IGNORE_INDEX,
     all_gather_variable,
     all_gather_with_grad,
     box_regression_loss,
@@ -571,6 +572,20 @@ class InstAPDistillationHead(nn.Module):
         return self.norm(self.head(hidden_states))
 
 
+@dataclass
+class TeacherState:
+    """The teacher's work on a batch of clips up to its last block (`InstAPTeacherDistillation.teacher_blocks`): the
+    outputs of the blocks before the last whose patches are targets, the last block's input and attention output
+    (before its projection), and its head-averaged attention `(batch * frames, 1 + patches, 1 + patches)`."""
+
+    batch_size: int
+    num_frames: int
+    block_outputs: list[torch.Tensor]
+    last_input: torch.Tensor
+    last_context: torch.Tensor
+    attention: torch.Tensor
+
+
 class InstAPTeacherDistillation(nn.Module):
     """The frozen CLIP teacher, the attention-guided token masks it yields, and the student heads of Eq. 1.
 
@@ -600,43 +615,79 @@ class InstAPTeacherDistillation(nn.Module):
         return self
 
     @torch.no_grad()
-    def teacher_forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def teacher_forward(
+        self, pixel_values: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the teacher per frame.
 
+        Args:
+            pixel_values: `(batch, frames, 3, height, width)`.
+            mask: optional `(batch, frames * patches)` student mask (`True` = hidden): targets at its visible tokens
+                only (see `teacher_targets`).
+
         Returns:
-            targets: `(K, batch, frames * patches, teacher_dim)` the last K blocks without CLS, after the CLIP
-                post-LayerNorm and projection (normalised later, in the loss).
+            targets: `(K, batch, tokens, teacher_dim)` the last K blocks without CLS, after the CLIP post-LayerNorm and
+                projection (normalised later, in the loss), at every patch (`tokens = frames * patches`) or at the
+                visible ones of `mask`.
             attention: `(batch * frames, 1 + patches, 1 + patches)` last-block attention, averaged over heads.
+        """
+        state = self.teacher_blocks(pixel_values)
+        return self.teacher_targets(state, mask), state.attention
+
+    @torch.no_grad()
+    def teacher_blocks(self, pixel_values: torch.Tensor) -> "TeacherState":
+        """Every teacher block but the last, per frame, then the last block's attention (what the masks need).
+
+        The last block's output is left to `teacher_targets`, which computes it only where the student looks: its
+        attention is all a mask needs, and its MLP and output projection are most of its cost.
         """
         batch_size, num_frames = pixel_values.shape[:2]
         frames = pixel_values.flatten(0, 1)
         size = self.config.teacher_image_size
         if frames.shape[-2:] != (size, size):
             frames = F.interpolate(frames.float(), size=(size, size), mode="bicubic", align_corners=False)
-        frames = frames.to(self.teacher.dtype)
         vision = self.teacher.vision_model
-        outputs = vision(frames, output_hidden_states=True, interpolate_pos_encoding=True)
-        hidden_states = outputs.hidden_states  # input of block 0, then the output of each block
-        last_layer = vision.encoder.layers[-1]
-        attention = self._head_averaged_attention(last_layer, hidden_states[-2])
-        targets = []
-        for layer_output in hidden_states[-self.config.teacher_num_layers :]:
-            patch_tokens = vision.post_layernorm(layer_output[:, 1:])
-            projected = self.teacher.visual_projection(patch_tokens)
-            targets.append(projected.reshape(batch_size, num_frames * projected.shape[1], -1))
-        return torch.stack(targets), attention
+        hidden_states = vision.pre_layrnorm(vision.embeddings(frames.to(self.teacher.dtype), interpolate_pos_encoding=True))
+        *blocks, last_block = vision.encoder.layers
+        block_outputs = []
+        for block in blocks:
+            hidden_states = block(hidden_states, None)
+            block_outputs.append(hidden_states)
+        # The last block's attention, from its own projections (CLIP's kernel does not return the probabilities).
+        attn = last_block.self_attn
+        normed = last_block.layer_norm1(hidden_states)
+        shape = (*normed.shape[:2], attn.num_heads, attn.head_dim)
+        query, key, value = (proj(normed).view(shape).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+        probabilities = torch.softmax(torch.matmul(query, key.transpose(-1, -2)).float() * attn.scale, dim=-1)
+        context = torch.matmul(probabilities.to(value.dtype), value).transpose(1, 2).flatten(2)
+        return TeacherState(
+            batch_size=batch_size,
+            num_frames=num_frames,
+            block_outputs=block_outputs[len(block_outputs) - (self.config.teacher_num_layers - 1) :]
+            if self.config.teacher_num_layers > 1
+            else [],
+            last_input=hidden_states,
+            last_context=context,
+            attention=probabilities.mean(dim=1),
+        )
 
-    @staticmethod
-    def _head_averaged_attention(layer: nn.Module, layer_input: torch.Tensor) -> torch.Tensor:
-        # Recomputed from the block's own projections so the teacher can keep its fast attention kernel.
-        attn = layer.self_attn
-        normed = layer.layer_norm1(layer_input)
-        batch, length, _ = normed.shape
-        shape = (batch, length, attn.num_heads, attn.head_dim)
-        query = attn.q_proj(normed).view(shape).transpose(1, 2)
-        key = attn.k_proj(normed).view(shape).transpose(1, 2)
-        weights = torch.softmax(torch.matmul(query, key.transpose(-1, -2)).float() * attn.scale, dim=-1)
-        return weights.mean(dim=1)
+    @torch.no_grad()
+    def teacher_targets(self, state: "TeacherState", mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The last K blocks' patch tokens through the post-LayerNorm and projection, at the visible tokens of `mask`
+        (every patch when `None`): `(K, batch, tokens, teacher_dim)`. The last block's residual branch, the
+        post-LayerNorm and the projection run on those tokens only, since only they are compared with the student."""
+        vision = self.teacher.vision_model
+        last_block = vision.encoder.layers[-1]
+
+        def patches(frame_tokens: torch.Tensor) -> torch.Tensor:
+            # (batch * frames, 1 + patches, width) -> (batch, frames * patches, width), then the visible ones
+            tokens = frame_tokens[:, 1:].reshape(state.batch_size, -1, frame_tokens.shape[-1])
+            return tokens if mask is None else gather_visible(tokens, mask)
+
+        hidden_states = patches(state.last_input) + last_block.self_attn.out_proj(patches(state.last_context))
+        last_output = hidden_states + last_block.mlp(last_block.layer_norm2(hidden_states))
+        layer_outputs = [patches(output) for output in state.block_outputs] + [last_output]
+        return torch.stack([self.teacher.visual_projection(vision.post_layernorm(h)) for h in layer_outputs])
 
     def token_mask(
         self, attention: torch.Tensor, num_frames: int, mask_ratio: float, strategy: str
@@ -668,29 +719,29 @@ class InstAPTeacherDistillation(nn.Module):
         self, pixel_values: torch.Tensor, ratio: float, with_targets: bool = True
     ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """The student's token mask (`None` at ratio 0; teacher-guided unless `mask_strategy="random"`) and, with
-        `with_targets`, the teacher targets at every position. The teacher runs only when one of them needs it."""
+        `with_targets`, the teacher targets at its visible tokens. The teacher runs only when one of them needs it."""
         strategy = self.config.mask_strategy
         teacher_masks = ratio > 0.0 and strategy != "random"
-        targets = attention = None
-        if with_targets or teacher_masks:
-            targets, attention = self.teacher_forward(pixel_values)
+        if not (with_targets or teacher_masks):
+            return _random_video_mask(pixel_values, ratio, self.config.vision_config.patch_size), None
+        state = self.teacher_blocks(pixel_values)
         if teacher_masks:
-            mask = self.token_mask(attention, pixel_values.shape[1], ratio, strategy)
+            mask = self.token_mask(state.attention, pixel_values.shape[1], ratio, strategy)
         else:
             mask = _random_video_mask(pixel_values, ratio, self.config.vision_config.patch_size)
-        return mask, targets
+        return mask, self.teacher_targets(state, mask) if with_targets else None
 
     def reconstruction(
         self, vision_model: nn.Module, vision_outputs: BaseModelOutputWithPooling, mask, targets
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Student head outputs and teacher targets at the encoded tokens (the visible ones under a mask), each
-        `(K, batch, tokens, teacher_dim)`: the two sides of Eq. 1."""
-        batch_size, num_tokens = targets.shape[1:3]
+        """Student head outputs at the encoded tokens (the visible ones under a mask) beside the teacher targets of
+        `mask_and_targets` (already at those tokens), each `(K, batch, tokens, teacher_dim)`: the two sides of Eq. 1."""
+        batch_size = targets.shape[1]
+        num_tokens = targets.shape[2] if mask is None else mask.shape[1]
         table = vision_model.embeddings.position_embeddings(num_tokens, targets.device, vision_outputs.last_hidden_state.dtype)
         positions = table.expand(batch_size, -1, -1)
         if mask is not None:
             positions = gather_visible(positions, mask)
-            targets = torch.stack([gather_visible(layer, mask) for layer in targets])
         student = self.student_features(vision_outputs.hidden_states, vision_model.post_layernorm, positions)
         return student, targets
 
@@ -1247,7 +1298,9 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
             input_ids=masked_ids, attention_mask=attention_mask, mode="text", return_dict=True
         )
         fused = self.instap.fuse(text_states.last_hidden_state, attention_mask, video_tokens)
-        return mlm_loss(self.mlm_head(fused.last_hidden_state), labels)
+        # The head (a projection onto the whole vocabulary) at the chosen tokens only: the loss ignores the others.
+        chosen = labels != IGNORE_INDEX
+        return mlm_loss(self.mlm_head(fused.last_hidden_state[chosen]), labels[chosen])
 
     def _limit_instances(self, instance_sample_index: torch.Tensor) -> torch.Tensor | None:
         """Indices of the instances kept this step: at most `max_instances_per_sample` per sample, a random subset."""

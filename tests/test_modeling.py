@@ -7,6 +7,7 @@ vs eager, bf16 and the overfitting check: `test_modeling_training.py`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -520,10 +521,12 @@ def test_pretraining_vtm_and_mlm_wiring(monkeypatch):
         return torch.where(allowed.any(1), allowed.float().argmax(1), torch.full_like(allowed[:, 0], -1).long())
 
     match_score, fuse, encode = model.instap.match_score, model.instap.fuse, model.instap.encode_instances
-    matching_loss, mlm_loss = modeling.matching_loss, modeling.mlm_loss
+    matching_loss, mask_tokens_for_mlm = modeling.matching_loss, modeling.mask_tokens_for_mlm
     monkeypatch.setattr(modeling, "sample_hard_negatives", first_allowed)
     monkeypatch.setattr(modeling, "matching_loss", lambda lo, la: labels.append(la) or matching_loss(lo, la))
-    monkeypatch.setattr(modeling, "mlm_loss", lambda lo, la: mlm_labels.append(la) or mlm_loss(lo, la))
+    monkeypatch.setattr(
+        modeling, "mask_tokens_for_mlm", lambda *a, **k: mlm_labels.append(mask_tokens_for_mlm(*a, **k)) or mlm_labels[-1]
+    )
     monkeypatch.setattr(model.instap, "match_score", lambda v, t, m, *a: scored.append((v, t)) or match_score(v, t, m, *a))
     monkeypatch.setattr(model.instap, "fuse", lambda t, m, v, *a, **k: fused.append(v) or fuse(t, m, v, *a, **k))
     monkeypatch.setattr(
@@ -567,11 +570,34 @@ def test_pretraining_vtm_and_mlm_wiring(monkeypatch):
                                                (4, visible, WIDTH)]
     assert torch.equal(fused[1], scenes)  # the same visible scene tokens as the VTM positives
     assert fused[3] is crops.pooled_hidden_states
-    for ids, mask, target in ((batch["input_ids"], batch["attention_mask"], mlm_labels[0]),
-                              (batch["instance_input_ids"], batch["instance_attention_mask"], mlm_labels[1])):
+    for ids, mask, (_, target) in ((batch["input_ids"], batch["attention_mask"], mlm_labels[0]),
+                                   (batch["instance_input_ids"], batch["instance_attention_mask"], mlm_labels[1])):
         assert (target[:, 0] == -100).all() and (target[mask == 0] == -100).all()
         chosen = target != -100
         assert chosen.any() and torch.equal(target[chosen], ids[chosen])
+
+
+def test_mlm_head_scores_the_chosen_tokens_only(monkeypatch):
+    """The head runs at the MLM's chosen tokens only, and the loss equals the one over its logits at every token."""
+    import modeling_instap.modeling_instap as modeling
+
+    config = tiny_config(deterministic=True)
+    model = InstAPForPreTraining(config).train()
+    batch = make_batch(config, batch_size=3, instances_per_sample=None)
+    draws, fused, head_rows = [], [], []
+    mask_tokens_for_mlm, fuse, head = modeling.mask_tokens_for_mlm, model.instap.fuse, model.mlm_head.forward
+    monkeypatch.setattr(
+        modeling, "mask_tokens_for_mlm", lambda *a, **k: draws.append(mask_tokens_for_mlm(*a, **k)) or draws[-1]
+    )
+    monkeypatch.setattr(model.instap, "fuse", lambda *a, **k: fused.append(fuse(*a, **k)) or fused[-1])
+    monkeypatch.setattr(model.mlm_head, "forward", lambda states: head_rows.append(states.shape[0]) or head(states))
+    out = model(**batch)
+    (_, labels), = draws
+    chosen = labels != -100
+    assert head_rows == [int(chosen.sum())] and 0 < head_rows[0] < labels.numel()
+    with torch.no_grad():
+        every_token = modeling.mlm_loss(head(fused[-1].last_hidden_state), labels)
+    torch.testing.assert_close(out.loss_mlm, every_token)
 
 
 def test_pretraining_tied_mlm_decoder():
@@ -631,13 +657,15 @@ def test_umt_mask_follows_the_teacher_cls_attention(monkeypatch):
     n_vis = umt_visible_count(PATCHES, 0.8)
     chosen = torch.stack([torch.randperm(PATCHES)[:n_vis] for _ in range(2 * 4)])  # (B*T, n_vis)
 
-    def crafted(layer, layer_input):
-        attention = torch.full((2 * 4, PATCHES + 1, PATCHES + 1), 1.0 / (PATCHES + 1))
-        attention[:, 0] = 0.0
-        attention[torch.arange(8)[:, None], 0, chosen + 1] = 1.0 / n_vis
-        return attention
+    attention = torch.full((2 * 4, PATCHES + 1, PATCHES + 1), 1.0 / (PATCHES + 1))
+    attention[:, 0] = 0.0
+    attention[torch.arange(8)[:, None], 0, chosen + 1] = 1.0 / n_vis
+    teacher_blocks = model.distillation.teacher_blocks
 
-    monkeypatch.setattr(model.distillation, "_head_averaged_attention", crafted)
+    def crafted(pixel_values):
+        return dataclasses.replace(teacher_blocks(pixel_values), attention=attention)
+
+    monkeypatch.setattr(model.distillation, "teacher_blocks", crafted)
     out = model(**batch)
     expected = torch.ones(8, PATCHES, dtype=torch.bool)
     expected[torch.arange(8)[:, None], chosen] = False

@@ -1,0 +1,125 @@
+"""A stage-2 training step of a base commit against the working tree, side by side in one run: step time (forward,
+backward, AdamW), peak memory of a step, and the loss terms of the first step on the same fixed batch (the
+numerics check: the same initial weights and the same random draws give the same losses to float tolerance).
+
+    .venv/bin/python benchmarks/bench_step_vs_base.py                       # HEAD vs the working tree, UMT's dims
+    .venv/bin/python benchmarks/bench_step_vs_base.py --base 08ba2a8 --no-instances --steps 7
+
+The base's `modeling_instap/` is taken with `git archive` into a temporary folder; each side runs in its own
+process (one intra-op thread unless `--threads`), put first on `sys.path`. The sides alternate for `--rounds`
+rounds so that load on the machine falls on both; times are medians over every measured step of a side, after one
+warm-up step per process. Memory is the CPU allocator's peak live tensor bytes during one step above its start
+(`bench_model.cpu_peak_bytes`). The dimensions are `bench_model.py --configs umt`'s (ViT 384 x 6, 8 frames at
+112², BERT 384 x 6 with fusion from layer 4, batch 8 with 16-token captions; 4 instances per sample unless
+`--no-instances`). Not a test: it prints a markdown table and asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TERMS = ("loss", "loss_rec", "loss_vtc", "loss_vtm", "loss_mlm", "loss_inst_vtc", "loss_inst_vtm", "loss_inst_mlm")
+
+
+def worker(code_dir: str, steps: int, with_instances: bool, threads: int) -> dict:
+    sys.path.insert(0, code_dir)
+    sys.path.insert(1, os.path.join(REPO_ROOT, "benchmarks"))
+    import torch
+
+    torch.set_num_threads(threads)
+    import modeling_instap
+    from bench_model import cpu_peak_bytes, make_batch, make_setups
+
+    assert os.path.dirname(os.path.dirname(modeling_instap.__file__)) == os.path.abspath(code_dir), modeling_instap.__file__
+    setup = make_setups(argparse.Namespace(configs=["umt"]))[0]
+    torch.manual_seed(0)
+    model = modeling_instap.InstAPForPreTraining(setup.config).train()
+    batch = make_batch(setup, torch.device("cpu"), with_instances)
+    # The Trainer's default optimizer with torch >= 2.8 ("adamw_torch_fused").
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
+
+    torch.manual_seed(1)
+    first = model(**batch)
+    losses = {name: float(getattr(first, name)) for name in TERMS if getattr(first, name) is not None}
+    first.loss.backward()
+    optimizer.step()
+    times = []
+    for step in range(steps):
+        optimizer.zero_grad(set_to_none=True)
+        torch.manual_seed(2 + step)
+        start = time.perf_counter()
+        model(**batch).loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    peak = cpu_peak_bytes(model, batch, seed=100)
+    return {"losses": losses, "times": times, "peak_bytes": peak}
+
+
+def export_base(rev: str, folder: str) -> str:
+    archive = os.path.join(folder, "base.tar")
+    subprocess.run(["git", "-C", REPO_ROOT, "archive", "-o", archive, rev, "modeling_instap"], check=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(os.path.join(folder, "base"), filter="data")
+    return os.path.join(folder, "base")
+
+
+def run_side(code_dir: str, args) -> dict:
+    command = [sys.executable, os.path.abspath(__file__), "--worker", code_dir, "--steps", str(args.steps),
+               "--threads", str(args.threads)] + (["--no-instances"] if args.no_instances else [])
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"worker for {code_dir} failed:\n{done.stderr[-4000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--base", default="HEAD", help="the commit to compare against (default HEAD)")
+    parser.add_argument("--steps", type=int, default=5, help="measured steps per process after the warm-up step")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each side")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-instances", action="store_true", help="the global step (no instance crops)")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args.worker, args.steps, not args.no_instances, args.threads)))
+        return
+
+    with tempfile.TemporaryDirectory() as folder:
+        sides = {"base": export_base(args.base, folder), "working tree": REPO_ROOT}
+        results = {name: [] for name in sides}
+        for _ in range(args.rounds):
+            for name, code in sides.items():
+                results[name].append(run_side(code, args))
+    base_rev = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short", args.base], capture_output=True,
+                              text=True).stdout.strip()
+    summary = {}
+    for name, runs in results.items():
+        summary[name] = {
+            "step_ms": 1e3 * statistics.median(t for run in runs for t in run["times"]),
+            "peak_mb": statistics.median(run["peak_bytes"] for run in runs) / 2**20,
+            "losses": runs[0]["losses"],
+        }
+    base, work = summary["base"], summary["working tree"]
+    kind = "global step (no instances)" if args.no_instances else "step with 4 instances per sample"
+    print(f"\n{kind}, UMT's dimensions, {args.threads} thread(s), base {base_rev}; medians of "
+          f"{args.rounds} x {args.steps} steps per side\n")
+    print("| | base | working tree | working / base |\n|---|---:|---:|---:|")
+    print(f"| step ms | {base['step_ms']:.0f} | {work['step_ms']:.0f} | {work['step_ms'] / base['step_ms']:.3f} |")
+    print(f"| peak MB | {base['peak_mb']:.0f} | {work['peak_mb']:.0f} | {work['peak_mb'] / base['peak_mb']:.3f} |")
+    for term, value in base["losses"].items():
+        other = work["losses"].get(term, float("nan"))
+        print(f"| {term} (first step) | {value:.6f} | {other:.6f} | rel. diff {abs(other - value) / abs(value):.1e} |")
+
+
+if __name__ == "__main__":
+    main()
