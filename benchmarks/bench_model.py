@@ -368,9 +368,9 @@ def bench(setup: Setup, args, device: torch.device) -> dict:
     configure(model, variants[0])
     encoder = {ratio: encoder_only_time(model, batches[True], device, ratio, steps) for ratio in (0.0, 0.8)}
     configure(model, Variant(0.8, False, True))
-    profile = component_profile(model, batches[True], device, max(5, steps))
+    profiles = {flag: component_profile(model, batches[flag], device, max(5, steps)) for flag in (True, False)}
     return {
-        "profile": profile,
+        "profiles": profiles,
         "setup": setup,
         "variants": variants,
         "time": {v: min(t) for v, t in times.items()},
@@ -436,12 +436,18 @@ def report(results: list[dict], device: torch.device, memory_label: str, load_be
         )
     profiles = []
     for result in results:
-        profile = result["profile"]
-        total = sum(profile.values())
-        profiles += ["", f"Per-component profile, {result['setup'].name}, rho 0.8 with instances (median of the steps; "
-                     f"step {total * 1e3:.1f} ms):", "", "| part | ms | share |", "|---|---:|---:|"]
-        for name, seconds in sorted(profile.items(), key=lambda item: -item[1]):
-            profiles.append(f"| {name} | {seconds * 1e3:.1f} | {seconds / total:.0%} |")
+        with_instances, global_step = result["profiles"][True], result["profiles"][False]
+        totals = {flag: sum(profile.values()) for flag, profile in result["profiles"].items()}
+        profiles += [
+            "", f"Per-component profile, {result['setup'].name}, rho 0.8 (medians of the steps; step with instances "
+            f"{totals[True] * 1e3:.1f} ms, global step {totals[False] * 1e3:.1f} ms, ratio "
+            f"{totals[True] / totals[False]:.2f}x):", "",
+            "| part | with instances, ms | share | global step, ms | share |", "|---|---:|---:|---:|---:|",
+        ]
+        for name, seconds in sorted(with_instances.items(), key=lambda item: -item[1]):
+            other = global_step.get(name)
+            other_cells = f"{other * 1e3:.1f} | {other / totals[False]:.0%}" if other is not None else "- | -"
+            profiles.append(f"| {name} | {seconds * 1e3:.1f} | {seconds / totals[True]:.0%} | {other_cells} |")
     return "\n".join(lines + [""] + notes + profiles)
 
 
