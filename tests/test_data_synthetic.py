@@ -124,6 +124,24 @@ def test_every_caption_sentence_names_its_subjects(records):
             assert len(set(captions)) == len(captions)  # every instance caption identifies its instance
 
 
+def test_every_sentence_fits_the_demo_text_length(records, tmp_path):
+    """A sentence cut at the text length loses what tells it apart (the last objects it lists, their motions): the
+    demo's `max_text_length` holds every synthetic sentence, where method §4.4's 32 tokens would cut some."""
+    from instap_train.demo_data import build_caption_tokenizer
+    from instap_train.run_align import DEMO_ARGUMENTS
+
+    every_record = [record for split_records in records.values() for record in split_records]
+    tokenizer = build_caption_tokenizer(every_record, str(tmp_path))
+    sentences = [
+        sentence
+        for record in every_record
+        for text in [record["caption"]] + [instance["caption"] for instance in record["instances"]]
+        for sentence in split_sentences(text)
+    ]
+    lengths = [len(tokenizer(sentence)["input_ids"]) for sentence in sentences]
+    assert 32 < max(lengths) <= DEMO_ARGUMENTS["max_text_length"]
+
+
 def test_no_caption_repeats_across_samples_of_a_split(records):
     """No scene sentence and no instance caption occurs in two samples of a split: identical texts of different
     samples would be false contrastive negatives (and preferred VTM hard negatives) of each other."""
