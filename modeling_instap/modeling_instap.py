@@ -579,7 +579,6 @@ class TeacherState:
     (before its projection), and its head-averaged attention `(batch * frames, 1 + patches, 1 + patches)`."""
 
     batch_size: int
-    num_frames: int
     block_outputs: list[torch.Tensor]
     last_input: torch.Tensor
     last_context: torch.Tensor
@@ -635,13 +634,12 @@ class InstAPTeacherDistillation(nn.Module):
         return self.teacher_targets(state, mask), state.attention
 
     @torch.no_grad()
-    def teacher_blocks(self, pixel_values: torch.Tensor) -> "TeacherState":
+    def teacher_blocks(self, pixel_values: torch.Tensor) -> TeacherState:
         """Every teacher block but the last, per frame, then the last block's attention (what the masks need).
 
         The last block's output is left to `teacher_targets`, which computes it only where the student looks: its
         attention is all a mask needs, and its MLP and output projection are most of its cost.
         """
-        batch_size, num_frames = pixel_values.shape[:2]
         frames = pixel_values.flatten(0, 1)
         size = self.config.teacher_image_size
         if frames.shape[-2:] != (size, size):
@@ -661,18 +659,15 @@ class InstAPTeacherDistillation(nn.Module):
         probabilities = torch.softmax(torch.matmul(query, key.transpose(-1, -2)).float() * attn.scale, dim=-1)
         context = torch.matmul(probabilities.to(value.dtype), value).transpose(1, 2).flatten(2)
         return TeacherState(
-            batch_size=batch_size,
-            num_frames=num_frames,
-            block_outputs=block_outputs[len(block_outputs) - (self.config.teacher_num_layers - 1) :]
-            if self.config.teacher_num_layers > 1
-            else [],
+            batch_size=pixel_values.shape[0],
+            block_outputs=block_outputs[len(block_outputs) - self.config.teacher_num_layers + 1 :],
             last_input=hidden_states,
             last_context=context,
             attention=probabilities.mean(dim=1),
         )
 
     @torch.no_grad()
-    def teacher_targets(self, state: "TeacherState", mask: torch.Tensor | None = None) -> torch.Tensor:
+    def teacher_targets(self, state: TeacherState, mask: torch.Tensor | None = None) -> torch.Tensor:
         """The last K blocks' patch tokens through the post-LayerNorm and projection, at the visible tokens of `mask`
         (every patch when `None`): `(K, batch, tokens, teacher_dim)`. The last block's residual branch, the
         post-LayerNorm and the projection run on those tokens only, since only they are compared with the student."""
