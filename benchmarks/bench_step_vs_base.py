@@ -36,8 +36,9 @@ def worker(code_dir: str, steps: int, with_instances: bool, threads: int) -> dic
     import torch
 
     torch.set_num_threads(threads)
-    import modeling_instap
     from bench_model import cpu_peak_bytes, make_batch, make_setups
+
+    import modeling_instap
 
     assert os.path.dirname(os.path.dirname(modeling_instap.__file__)) == os.path.abspath(code_dir), modeling_instap.__file__
     setup = make_setups(argparse.Namespace(configs=["umt"]))[0]

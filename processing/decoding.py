@@ -22,12 +22,13 @@ from typing import BinaryIO
 import av
 import numpy as np
 import torch
+from av.video.reformatter import VideoReformatter
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InstVLSampleError
 from .sampling import sample_frame_indices
 
-__all__ = ["DecodedVideo", "MediaSource", "decode_image", "decode_media", "decode_video", "read_media_bytes"]
+__all__ = ["DECODE_THREAD_TYPES", "DecodedVideo", "MediaSource", "decode_image", "decode_media", "decode_video", "read_media_bytes"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +40,9 @@ class DecodedVideo:
     """Decoded frames of a video (or an image, as a 1-frame video) and what is known about them.
 
     Attributes:
-        frames (`torch.Tensor`): uint8 tensor of shape `(T, 3, H, W)`, RGB, display orientation.
+        frames (`torch.Tensor`): uint8 tensor of shape `(T, 3, H, W)`, RGB, display orientation. Decoded media are
+            stored channels-last (`frames.permute(0, 2, 3, 1)` is contiguous, as FFmpeg wrote them); call
+            `.contiguous()` for a planar copy.
         frame_indices (`list[int]`): for each returned frame, its index among the source's frames (display order).
         total_num_frames (`int`): number of frames of the source.
         fps (`float`, *optional*): average frame rate (`None` for images).
@@ -91,6 +94,9 @@ class DecodedVideo:
             frames_indices=list(self.frame_indices),
         )
 
+
+# PyAV's `CodecContext.thread_type` values that [`decode_video`] accepts.
+DECODE_THREAD_TYPES = ("FRAME", "SLICE", "AUTO")
 
 # File name endings read as images (PIL) rather than videos (PyAV), everywhere a path is routed.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff")
@@ -189,8 +195,10 @@ def _index_stream(container, stream, *, sample_id: str | None) -> _StreamIndex:
     return _StreamIndex(pts=pts, keyframe_positions=np.unique(keyframes), seekable=seekable)
 
 
-def _frame_to_array(frame, rotation: int) -> np.ndarray:
-    array = frame.to_ndarray(format="rgb24")
+def _frame_to_array(frame, rotation: int, reformatter: VideoReformatter) -> np.ndarray:
+    # One reformatter per video: `frame.to_ndarray(format=...)` builds a new swscale context for every frame, which
+    # costs more than the conversion of a small frame (same pixels either way).
+    array = reformatter.reformat(frame, format="rgb24").to_ndarray()
     quarter_turns = (rotation // 90) % 4
     if quarter_turns:
         # np.rot90 turns counter-clockwise, as the display matrix rotation of FFmpeg/PyAV is counted.
@@ -216,6 +224,34 @@ def _frame_rotation(frame, stream) -> int:
     return (quarter + 179) % 360 - 179  # in (-180, 180]
 
 
+class _FrameStore:
+    """The RGB frames at the wanted display positions, written into one `(N, H, W, 3)` array as they are decoded
+    (FFmpeg's RGB24 layout: no stacking or transposing copy later, and half the peak memory of keeping them apart)."""
+
+    def __init__(self, wanted: Sequence[int], *, sample_id: str | None):
+        self.slot_of = {position: slot for slot, position in enumerate(wanted)}
+        self.filled: set[int] = set()
+        self.array: np.ndarray | None = None
+        self.sample_id = sample_id
+
+    def wants(self, position: int) -> bool:
+        return position in self.slot_of and position not in self.filled
+
+    def put(self, position: int, rgb: np.ndarray) -> None:
+        if self.array is None:
+            self.array = np.empty((len(self.slot_of), *rgb.shape), dtype=np.uint8)
+        elif rgb.shape != self.array.shape[1:]:
+            raise InstVLSampleError(
+                f"the frame size changes within the stream ({self.array.shape[2]}x{self.array.shape[1]} to "
+                f"{rgb.shape[1]}x{rgb.shape[0]} at frame {position}); such streams are not supported",
+                sample_id=self.sample_id,
+                field="media",
+                reason="corrupt_media",
+            )
+        self.array[self.slot_of[position]] = rgb
+        self.filled.add(position)
+
+
 def _decode_positions(
     container,
     stream,
@@ -225,21 +261,21 @@ def _decode_positions(
     seek_overhead_frames: int,
     skip_unneeded_frames: bool,
     sample_id: str | None,
-) -> tuple[dict[int, np.ndarray], int, int]:
+) -> tuple[_FrameStore, int, int]:
     """Decodes the frames at the given display positions, seeking to keyframes when that skips enough frames.
 
-    Returns the RGB arrays by position, the display rotation that was applied to them, and the number of frames the
-    decoder produced.
+    Returns the frames (in sorted position order), the display rotation that was applied to them, and the number of
+    frames the decoder produced.
     """
     wanted = sorted({int(p) for p in positions})
-    wanted_set = set(wanted)
+    store = _FrameStore(wanted, sample_id=sample_id)
     position_of_pts = {int(t): p for p, t in enumerate(index.pts)} if index.seekable else None
     wanted_pts = {int(index.pts[p]) for p in wanted} if index.seekable else None
-    decoded: dict[int, np.ndarray] = {}
     rotation: int | None = None
     last_position = -1
     decoded_frame_count = 0
     codec_context = stream.codec_context
+    reformatter = VideoReformatter()
 
     def frames_from_here():
         """Decodes from the current demuxer position. Packets of frames we do not need are sent with
@@ -262,8 +298,8 @@ def _decode_positions(
                 position = position_of_pts[int(frame.pts)]
             if rotation is None:
                 rotation = _frame_rotation(frame, stream)
-            if position in wanted_set and position not in decoded:
-                decoded[position] = _frame_to_array(frame, rotation)
+            if store.wants(position):
+                store.put(position, _frame_to_array(frame, rotation, reformatter))
             last_position = max(last_position, position)
             position += 1
             if position > target:
@@ -281,7 +317,7 @@ def _decode_positions(
         cursor = 0  # display position of the next frame the decoder will return
         exhausted = False
         for target in wanted:
-            if target in decoded:
+            if target in store.filled:
                 continue
             keyframe = index.keyframe_at_or_before(target) if index.seekable else 0
             must_restart = frames_iterator is None or target < cursor
@@ -295,7 +331,7 @@ def _decode_positions(
             cursor, exhausted = run(frames_iterator, target, cursor)
         # A seek that lands after its target (a keyframe whose decode timestamp is later than the index says)
         # leaves holes before frames we did decode: fill them with one sequential pass from the start.
-        skipped = [p for p in wanted if p not in decoded and p < last_position]
+        skipped = [p for p in wanted if p not in store.filled and p < last_position]
         if skipped and index.seekable:
             seek_to(0)
             run(frames_from_here(), max(skipped), 0)
@@ -306,7 +342,7 @@ def _decode_positions(
             field="media",
             reason="corrupt_media",
         ) from None
-    return decoded, rotation or 0, decoded_frame_count
+    return store, rotation or 0, decoded_frame_count
 
 
 def _check_not_truncated(container, stream, total_num_frames: int, *, sample_id: str | None) -> None:
@@ -343,6 +379,7 @@ def decode_video(
     generator: torch.Generator | None = None,
     sample_indices_fn: Callable[[int], Sequence[int]] | None = None,
     num_threads: int = 1,
+    thread_type: str = "FRAME",
     seek_overhead_frames: int = 4,
     skip_unneeded_frames: bool = True,
     sample_id: str | None = None,
@@ -365,7 +402,12 @@ def decode_video(
             Called with the number of frames of the video, returns the indices to decode; takes precedence over
             `num_frames`/`sampling` (the video processor passes its `sample_frames` here).
         num_threads (`int`, *optional*, defaults to 1):
-            FFmpeg decoding threads. Keep 1 inside DataLoader workers (the workers already use the cores).
+            FFmpeg decoding threads (0: FFmpeg picks one per core). Keep 1 inside DataLoader workers when the
+            workers already use the cores.
+        thread_type (`str`, *optional*, defaults to `"FRAME"`):
+            How FFmpeg uses `num_threads > 1` (PyAV's `thread_type`): `"FRAME"` decodes consecutive frames in
+            parallel (the faster for H.264 in `benchmarks/bench_decode.py`, at a few frames of latency per seek),
+            `"SLICE"` splits each frame (only helps streams encoded with several slices), `"AUTO"` lets FFmpeg choose.
         seek_overhead_frames (`int`, *optional*, defaults to 4):
             A seek is done when it skips more than this many frames; a seek costs about as much as decoding a few
             small frames (it flushes the decoder).
@@ -383,6 +425,10 @@ def decode_video(
         [`InstVLSampleError`] with reason `missing_file`, `corrupt_media`, `truncated_media`, `zero_frames` or
         `unsupported_codec`.
     """
+    if isinstance(num_threads, bool) or not isinstance(num_threads, int) or num_threads < 0:
+        raise ValueError(f"num_threads must be an int >= 0 (0: one per core), got {num_threads!r}.")
+    if thread_type not in DECODE_THREAD_TYPES:
+        raise ValueError(f"thread_type must be one of {DECODE_THREAD_TYPES}, got {thread_type!r}.")
     av_input = _as_av_input(source, sample_id=sample_id)
     try:
         container = av.open(av_input, mode="r", metadata_errors="ignore", options=dict(_SAFE_OPEN_OPTIONS))
@@ -419,9 +465,9 @@ def decode_video(
                 field="media",
                 reason="unsupported_codec",
             )
-        codec_context.thread_count = max(1, int(num_threads))
-        if num_threads > 1:
-            codec_context.thread_type = "AUTO"
+        codec_context.thread_count = int(num_threads)
+        if num_threads != 1:
+            codec_context.thread_type = thread_type
         codec_name = codec_context.name
 
         index = _index_stream(container, stream, sample_id=sample_id)
@@ -452,7 +498,7 @@ def decode_video(
         else:
             positions = list(range(total_num_frames))
 
-        decoded, rotation, decoded_frame_count = _decode_positions(
+        store, rotation, decoded_frame_count = _decode_positions(
             container,
             stream,
             index,
@@ -461,14 +507,14 @@ def decode_video(
             skip_unneeded_frames=skip_unneeded_frames,
             sample_id=sample_id,
         )
-        if not decoded:
+        if not store.filled:
             raise InstVLSampleError(
                 "no frame of the video stream could be decoded",
                 sample_id=sample_id,
                 field="media",
                 reason="zero_frames",
             )
-        missing = sorted(p for p in set(positions) if p not in decoded)
+        missing = sorted(p for p in set(positions) if p not in store.filled)
         if missing:
             # The demuxer listed packets the decoder did not turn into frames: a cut-off end of file.
             raise InstVLSampleError(
@@ -478,7 +524,9 @@ def decode_video(
                 reason="truncated_media",
             )
 
-        stacked = np.stack([decoded[p] for p in positions])
+        frames = torch.from_numpy(store.array)
+        if positions != sorted(store.slot_of):  # repeated or unordered indices: one gather (a copy)
+            frames = frames[torch.tensor([store.slot_of[p] for p in positions])]
         time_base = float(stream.time_base) if stream.time_base else None
         if time_base and index.seekable:
             start = int(index.pts[0])
@@ -492,9 +540,10 @@ def decode_video(
         elif fps is None and stream.guessed_rate:  # pragma: no cover
             fps = float(stream.guessed_rate)
 
-    frames = torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous()
     return DecodedVideo(
-        frames=frames,
+        # (T, 3, H, W) over channels-last memory, as FFmpeg writes RGB: a transposing copy would cost more than the
+        # decode of a large frame, and torchvision resizes channels-last uint8 frames 2-3x faster.
+        frames=frames.permute(0, 3, 1, 2),
         frame_indices=positions,
         total_num_frames=total_num_frames,
         fps=fps,
@@ -531,9 +580,8 @@ def decode_image(source: MediaSource, *, sample_id: str | None = None) -> Decode
             f"cannot decode the image ({error})", sample_id=sample_id, field="media", reason="corrupt_media"
         ) from None
     rotation = {3: 180, 6: -90, 8: 90}.get(int(exif_orientation), 0)
-    frames = torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0).contiguous()
     return DecodedVideo(
-        frames=frames,
+        frames=torch.from_numpy(array.copy()).unsqueeze(0).permute(0, 3, 1, 2),  # channels-last, as videos
         frame_indices=[0],
         total_num_frames=1,
         fps=None,
@@ -554,9 +602,10 @@ def decode_media(
     sampling: str = "middle",
     generator: torch.Generator | None = None,
     num_threads: int = 1,
+    thread_type: str = "FRAME",
     sample_id: str | None = None,
 ) -> DecodedVideo:
-    """Decodes an image (1 frame, never repeated) or the sampled frames of a video."""
+    """Decodes an image (1 frame, never repeated) or the sampled frames of a video (see [`decode_video`])."""
     if media_type == "image":
         return decode_image(source, sample_id=sample_id)
     if media_type == "video":
@@ -566,6 +615,7 @@ def decode_media(
             sampling=sampling,
             generator=generator,
             num_threads=num_threads,
+            thread_type=thread_type,
             sample_id=sample_id,
         )
     raise InstVLSampleError(

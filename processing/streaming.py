@@ -189,6 +189,7 @@ def prepare_example(
     require_caption: bool = True,
     load_instances: bool = True,
     decode_threads: int = 1,
+    decode_thread_type: str = "FRAME",
 ) -> InstVLExample:
     """Parses, decodes and checks one record. Raises [`InstVLSampleError`] naming the sample id and field."""
     if isinstance(raw, Mapping) and raw.get("_error"):
@@ -215,6 +216,7 @@ def prepare_example(
             sampling=frame_sampling,
             generator=frames_generator,
             num_threads=decode_threads,
+            thread_type=decode_thread_type,
             sample_id=record.id,
         )
     except InstVLSampleError as error:
@@ -253,6 +255,8 @@ class InstVLExampleOptions:
         skip_bad_samples (`bool`, *optional*, defaults to `True`): skip and count bad samples instead of raising.
         max_bad_samples, max_bad_fraction: caps of the [`BadSampleTracker`] (per worker).
         decode_threads (`int`, *optional*, defaults to 1): FFmpeg threads per decode.
+        decode_thread_type (`str`, *optional*, defaults to `"FRAME"`): how they share a decode (`decode_video`'s
+            `thread_type`).
     """
 
     num_frames: int = 16
@@ -265,6 +269,7 @@ class InstVLExampleOptions:
     max_bad_samples: int | None = 1000
     max_bad_fraction: float | None = 0.1
     decode_threads: int = 1
+    decode_thread_type: str = "FRAME"
 
     @classmethod
     def build(cls, options: InstVLExampleOptions | None, fields: Mapping[str, Any], dataset: str) -> InstVLExampleOptions:
@@ -291,6 +296,7 @@ class InstVLExampleOptions:
                 require_caption=self.require_caption,
                 load_instances=self.load_instances,
                 decode_threads=self.decode_threads,
+                decode_thread_type=self.decode_thread_type,
             )
         except InstVLSampleError as error:
             if not self.skip_bad_samples:

@@ -102,6 +102,40 @@ def test_unneeded_b_frames_are_dropped_by_the_decoder():
     assert with_skip.decoded_frame_count < without.decoded_frame_count <= 60
 
 
+def test_frames_come_channels_last_as_ffmpeg_writes_them(video_40):
+    decoded = decode_video(video_40[1], frame_indices=[3, 20, 21])
+    assert decoded.frames.shape == (3, 3, 48, 64) and decoded.frames.permute(0, 2, 3, 1).is_contiguous()
+    repeated = decode_video(video_40[1], frame_indices=[21, 3, 3])  # reordered: gathered from the same frames
+    assert torch.equal(repeated.frames, decoded.frames[[2, 0, 0]])
+    image = decode_image(write_image(indexed_frames(1)[0], image_format="PNG"))
+    assert image.frames.permute(0, 2, 3, 1).is_contiguous()
+
+
+@pytest.mark.parametrize("num_threads, thread_type", [(2, "FRAME"), (2, "SLICE"), (2, "AUTO"), (0, "FRAME")])
+def test_threaded_decoding_gives_the_same_frames(video_40, num_threads, thread_type):
+    indices = [0, 5, 9, 17, 33, 39]
+    single = decode_video(video_40[1], frame_indices=indices)
+    threaded = decode_video(video_40[1], frame_indices=indices, num_threads=num_threads, thread_type=thread_type)
+    assert torch.equal(threaded.frames, single.frames)
+
+
+@pytest.mark.parametrize("settings", [{"thread_type": "frame"}, {"thread_type": "PARALLEL"}, {"num_threads": -1},
+                                      {"num_threads": 1.5}, {"num_threads": True}])  # fmt: skip
+def test_bad_thread_settings_are_refused(video_40, settings):
+    with pytest.raises(ValueError, match="thread"):
+        decode_video(video_40[1], num_frames=2, **settings)
+
+
+def test_a_frame_size_change_within_the_stream_is_named():
+    # MPEG-TS streams concatenate byte-wise: the second half has smaller frames.
+    data = write_video(indexed_frames(6), container_format="mpegts", gop_size=2)
+    data += write_video(indexed_frames(6, height=32, width=48), container_format="mpegts", gop_size=2)
+    with pytest.raises(InstVLSampleError, match="frame size changes") as raised:
+        decode_video(data, sample_id="resized")
+    assert raised.value.reason == "corrupt_media" and raised.value.sample_id == "resized"
+    assert decode_video(data, frame_indices=[0, 5]).frames.shape == (2, 3, 48, 64)  # the first half alone is fine
+
+
 def test_variable_frame_rate_counts_frames_not_time():
     # Alternating 50 ms and 150 ms gaps: sampling by time would pick other frames than sampling by index.
     pts = np.cumsum([0] + [50 if i % 2 else 150 for i in range(29)])

@@ -90,6 +90,21 @@ def test_decoded_video_objects_are_not_resampled():
     assert output["pixel_values"].shape[1] == 3 and output["video_metadata"][0].frames_indices == [4, 9, 20]
 
 
+@pytest.mark.parametrize("train", [False, True])
+def test_channels_last_frames_give_the_same_pixels(train):
+    # Decoded clips are channels-last in memory (as FFmpeg writes RGB); planar copies must not change a pixel.
+    frames = torch.from_numpy(np.random.default_rng(0).integers(0, 255, (4, 45, 61, 3), dtype=np.uint8))
+    channels_last, planar = frames.permute(0, 3, 1, 2), frames.permute(0, 3, 1, 2).contiguous()
+    processor = small_processor(flip_probability=0.5)
+    outputs = [
+        processor(clip, do_train_augment=train, do_sample_frames=False, augment_seeds=[seed])["pixel_values"]
+        for clip in (channels_last, planar)
+        for seed in (0, 1)
+    ]
+    assert torch.equal(outputs[0], outputs[2]) and torch.equal(outputs[1], outputs[3])
+    assert train == (not torch.equal(outputs[0], outputs[1]))  # the seed matters only when augmenting
+
+
 def test_mixed_frame_counts_cannot_be_batched():
     processor = small_processor()
     with pytest.raises(ValueError, match="one media type"):

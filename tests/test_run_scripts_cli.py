@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-from instap_train.factory import parse_script_arguments
+from instap_train.factory import DataArguments, parse_script_arguments
 from instap_train.run_align import DEMO_ARGUMENTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -70,7 +70,17 @@ def test_bad_arguments_fail_at_once_before_any_file_is_written(tmp_path, monkeyp
         parse_script_arguments(
             ["--config_overrides", "vision_config.drop_path=0.5", "--output_dir", str(output_dir)], DEMO_ARGUMENTS
         )
+    with pytest.raises(SystemExit):  # argparse names the choices
+        parse_script_arguments(["--decode_thread_type", "frame", "--output_dir", str(output_dir)], DEMO_ARGUMENTS)
     assert not output_dir.exists()
+
+
+def test_data_arguments_check_what_a_json_file_gives_them():
+    # A JSON argument file bypasses argparse's choices: the dataclass checks them itself.
+    with pytest.raises(ValueError, match="decode_thread_type.*'FRAME', 'SLICE', 'AUTO'"):
+        DataArguments(decode_thread_type="PARALLEL")
+    with pytest.raises(ValueError, match="decode_threads"):
+        DataArguments(decode_threads=0)
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from transformers.utils import logging
 
 from instap_eval.zero_shot import RERANK_SCORES, check_rerank_score
 from instap_processing import InstAPProcessor, InstAPVideoProcessor
+from instap_processing.decoding import DECODE_THREAD_TYPES
 from instap_processing.instvl import load_instvl
 from instap_processing.streaming import InstVLExampleOptions, InstVLIterableDataset, InstVLMapDataset
 from modeling_instap import InstAPConfig
@@ -113,14 +114,23 @@ class DataArguments:
 
     decode_threads: int = field(
         default=1,
-        metadata={"help": "FFmpeg threads per decoded clip (PyAV thread_type AUTO above 1). Keep 1 when DataLoader "
-                  "workers already use the cores; more for long, high-resolution videos with few workers."},
+        metadata={"help": "FFmpeg threads per decoded clip. Keep 1 when DataLoader workers already use the cores; "
+                  "more for long, high-resolution videos with few workers."},
+    )
+    decode_thread_type: str = field(
+        default="FRAME",
+        metadata={"help": "How FFmpeg uses decode_threads > 1 (PyAV thread_type): FRAME, SLICE or AUTO.",
+                  "choices": list(DECODE_THREAD_TYPES)},
     )
 
     def __post_init__(self) -> None:
         check_rerank_score(self.rerank_score)  # argparse checks choices, a JSON argument file does not
         if self.decode_threads < 1:
             raise ValueError(f"decode_threads must be >= 1, got {self.decode_threads}.")
+        if self.decode_thread_type not in DECODE_THREAD_TYPES:
+            raise ValueError(
+                f"decode_thread_type must be one of {DECODE_THREAD_TYPES}, got {self.decode_thread_type!r}."
+            )
 
 
 def restores_torch_threads(main):
@@ -370,6 +380,7 @@ def build_train_dataset(dataset: str, data_args: DataArguments, num_frames: int,
         max_bad_samples=None,
         max_bad_fraction=None,
         decode_threads=data_args.decode_threads,
+        decode_thread_type=data_args.decode_thread_type,
     )
     records = load_instvl(dataset, data_args.train_split, media_root=data_args.media_root, streaming=data_args.streaming)
     if data_args.streaming:
