@@ -30,7 +30,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TERMS = ("loss", "loss_rec", "loss_vtc", "loss_vtm", "loss_mlm", "loss_inst_vtc", "loss_inst_vtm", "loss_inst_mlm")
 
 
-def worker(code_dir: str, steps: int, with_instances: bool, threads: int) -> dict:
+def worker(code_dir: str, steps: int, with_instances: bool, threads: int, compile_teacher: bool) -> dict:
     sys.path.insert(0, code_dir)
     sys.path.insert(1, os.path.join(REPO_ROOT, "benchmarks"))
     import torch
@@ -44,6 +44,8 @@ def worker(code_dir: str, steps: int, with_instances: bool, threads: int) -> dic
     setup = make_setups(argparse.Namespace(configs=["umt"]))[0]
     torch.manual_seed(0)
     model = modeling_instap.InstAPForPreTraining(setup.config).train()
+    if compile_teacher:
+        model.distillation.compile_teacher()  # compiled in the untimed first step
     batch = make_batch(setup, torch.device("cpu"), with_instances)
     # The Trainer's default optimizer with torch >= 2.8 ("adamw_torch_fused").
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, fused=True)
@@ -76,6 +78,8 @@ def export_base(rev: str, folder: str) -> str:
 def run_side(code_dir: str, args) -> dict:
     command = [sys.executable, os.path.abspath(__file__), "--worker", code_dir, "--steps", str(args.steps),
                "--threads", str(args.threads)] + (["--no-instances"] if args.no_instances else [])
+    if args.compile_teacher and code_dir == REPO_ROOT:
+        command.append("--compile-teacher")
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"worker for {code_dir} failed:\n{done.stderr[-4000:]}")
@@ -89,10 +93,12 @@ def main(argv=None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="alternating runs of each side")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-instances", action="store_true", help="the global step (no instance crops)")
+    parser.add_argument("--compile-teacher", action="store_true",
+                        help="the working tree's side runs its teacher compiled (InstAPTeacherDistillation.compile_teacher)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps, not args.no_instances, args.threads)))
+        print(json.dumps(worker(args.worker, args.steps, not args.no_instances, args.threads, args.compile_teacher)))
         return
 
     with tempfile.TemporaryDirectory() as folder:
@@ -112,7 +118,8 @@ def main(argv=None) -> None:
         }
     base, work = summary["base"], summary["working tree"]
     kind = "global step (no instances)" if args.no_instances else "step with 4 instances per sample"
-    print(f"\n{kind}, UMT's dimensions, {args.threads} thread(s), base {base_rev}; medians of "
+    compiled = ", the working tree's teacher compiled" if args.compile_teacher else ""
+    print(f"\n{kind}, UMT's dimensions, {args.threads} thread(s), base {base_rev}{compiled}; medians of "
           f"{args.rounds} x {args.steps} steps per side\n")
     print("| | base | working tree | working / base |\n|---|---:|---:|---:|")
     print(f"| step ms | {base['step_ms']:.0f} | {work['step_ms']:.0f} | {work['step_ms'] / base['step_ms']:.3f} |")

@@ -7,6 +7,7 @@ vs eager, bf16 and the overfitting check: `test_modeling_training.py`.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 
@@ -747,6 +748,29 @@ def test_masked_video_modeling(images):
     assert all(p.grad is None for p in model.distillation.teacher.parameters())
     assert all(p.grad is not None for p in model.distillation.heads.parameters())
     assert model.vision_model.embeddings.patch_embedding.weight.grad is not None
+
+
+def test_a_compiled_teacher_gives_the_same_masks_targets_and_gradients():
+    config = tiny_config()
+    eager = InstAPForMaskedVideoModeling(config).train()
+    compiled = copy.deepcopy(eager)
+    compiled.distillation.compile_teacher()
+    pixels = torch.randn(2, 4, 3, 32, 32)
+    graphs_before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    outputs = []
+    for model in (eager, compiled):
+        torch.manual_seed(0)
+        out = model(pixels)
+        out.loss.backward()
+        outputs.append(out)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] > graphs_before  # the compiled path ran
+    assert torch.equal(outputs[0].bool_masked_pos, outputs[1].bool_masked_pos)
+    torch.testing.assert_close(outputs[1].teacher_features, outputs[0].teacher_features, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(outputs[1].loss, outputs[0].loss, rtol=1e-5, atol=1e-6)
+    for (name, p_eager), p_compiled in zip(eager.named_parameters(), compiled.parameters()):
+        if p_eager.grad is not None:
+            torch.testing.assert_close(p_compiled.grad, p_eager.grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert all(p.grad is None for p in compiled.distillation.teacher.parameters())
 
 
 def test_masked_video_modeling_needs_a_teacher():

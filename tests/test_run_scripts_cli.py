@@ -8,9 +8,11 @@ import time
 
 import pytest
 import torch
+from instap_model_testing import tiny_config
 
-from instap_train.factory import DataArguments, parse_script_arguments
+from instap_train.factory import DataArguments, compile_teacher_if_asked, parse_script_arguments
 from instap_train.run_align import DEMO_ARGUMENTS
+from modeling_instap import InstAPForPreTraining
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -73,6 +75,19 @@ def test_bad_arguments_fail_at_once_before_any_file_is_written(tmp_path, monkeyp
     with pytest.raises(SystemExit):  # argparse names the choices
         parse_script_arguments(["--decode_thread_type", "frame", "--output_dir", str(output_dir)], DEMO_ARGUMENTS)
     assert not output_dir.exists()
+
+
+def test_compile_teacher_flag_reaches_the_teacher_and_needs_one(tmp_path):
+    model_args, _, _ = parse_script_arguments(
+        ["--compile_teacher", "--output_dir", str(tmp_path / "out")], DEMO_ARGUMENTS
+    )
+    with_teacher = InstAPForPreTraining(tiny_config())
+    compile_teacher_if_asked(with_teacher, model_args)
+    assert with_teacher.distillation._compiled_teacher is not None  # compiled lazily, at the first batch
+    config = tiny_config()
+    config.teacher_config = None
+    with pytest.raises(ValueError, match="compile_teacher.*no teacher"):
+        compile_teacher_if_asked(InstAPForPreTraining(config), model_args)
 
 
 def test_data_arguments_check_what_a_json_file_gives_them():

@@ -31,6 +31,7 @@ from instap_train.factory import (
     build_processor,
     build_tokenizer,
     build_train_dataset,
+    compile_teacher_if_asked,
     parse_script_arguments,
     resolve_dataset,
     resolve_resume_checkpoint,
@@ -150,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = build_config(model_args, tokenizer)
     model = load_model(model_args, config)
     config = model.config
+    compile_teacher_if_asked(model, model_args)
     if model_args.lora:
         from instap_train.peft_utils import apply_lora
 

@@ -18,6 +18,7 @@ from instap_train.factory import (
     build_processor,
     build_tokenizer,
     build_train_dataset,
+    compile_teacher_if_asked,
     parse_script_arguments,
     resolve_dataset,
     resolve_resume_checkpoint,
@@ -59,6 +60,7 @@ def main(argv: list[str] | None = None):
             from modeling_instap.pretrained_init import load_teacher_from_clip
 
             load_teacher_from_clip(model, model_args.teacher_model_name_or_path)
+    compile_teacher_if_asked(model, model_args)
     num_frames = data_args.num_frames or 8
     # Stage 1 reads no text, but the saved processor is reused by stage 2, so it carries a tokenizer.
     tokenizer = build_tokenizer(model_args, dataset, data_args, training_args.output_dir)
