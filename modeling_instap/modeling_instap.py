@@ -514,7 +514,13 @@ class InstAPMLMHead(nn.Module):
         self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.LayerNorm(self.transform_act_fn(self.dense(hidden_states))))
+        hidden_states = self.LayerNorm(self.transform_act_fn(self.dense(hidden_states)))
+        # The decoder's weight is the word-embedding table. As (W·hᵀ)ᵀ its gradient is a new tensor, which autograd
+        # adds in place to the embedding lookups' gradients; `decoder(h)`'s comes out as a transposed view, and
+        # autograd then holds a third table-sized gradient while summing (`benchmarks/bench_step_vs_base.py`).
+        flat = hidden_states.reshape(-1, hidden_states.shape[-1])
+        logits = torch.matmul(self.decoder.weight, flat.t()).t() + self.decoder.bias
+        return logits.reshape(*hidden_states.shape[:-1], logits.shape[-1])
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -605,6 +605,19 @@ def test_pretraining_tied_mlm_decoder():
     model = InstAPForPreTraining(tiny_config())
     assert model.mlm_head.decoder.weight is model.instap.text_model.embeddings.word_embeddings.weight
     assert model.get_output_embeddings() is model.mlm_head.decoder
+    # The head computes (W·hᵀ)ᵀ + b for its memory: the same logits and gradients as `decoder(h)`.
+    head = model.mlm_head
+    for shape in ((5, 64), (2, 3, 64)):
+        states = torch.randn(shape)
+        transform = head.LayerNorm(head.transform_act_fn(head.dense(states)))
+        torch.testing.assert_close(head(states), head.decoder(transform), rtol=1e-5, atol=1e-5)
+    states = torch.randn(4, 64)
+    grads = []
+    for logits in (head(states), head.decoder(head.LayerNorm(head.transform_act_fn(head.dense(states))))):
+        model.zero_grad(set_to_none=True)
+        logits.logsumexp(-1).sum().backward()
+        grads.append(head.decoder.weight.grad.clone())
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------------------------------------------
