@@ -61,7 +61,7 @@ class ModelArguments:
     )
     compile_teacher: bool = field(
         default=False,
-        metadata={"help": "torch.compile the frozen teacher (1.17x a stage-2 step on CPU at UMT's dimensions, "
+        metadata={"help": "torch.compile the frozen teacher (0.91x the time of a stage-2 step on CPU at UMT's dimensions, "
                   "about 30 s of compilation at the first batch; numerics equal to float tolerance)."},
     )
     lora: bool = field(default=False, metadata={"help": "Train LoRA adapters on the encoders' projections only."})
