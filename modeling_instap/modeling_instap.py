@@ -620,8 +620,8 @@ class InstAPTeacherDistillation(nn.Module):
         """Runs the frozen teacher (`teacher_blocks` and `teacher_targets`) through `torch.compile` from the next call
         on; numerics equal to float tolerance. The teacher is a forward-only graph of fixed shapes, the easy case for
         the compiler: a stage-2 step at UMT's dimensions takes 0.91x the time on CPU at one thread
-        (`benchmarks/bench_step_vs_base.py --compile-teacher`), for about 30 s of compilation at the first batch (and at each new input shape:
-        `dynamic=False` unless given)."""
+        (`benchmarks/bench_step_vs_base.py --compile-teacher`), for about 30 s of compilation at the first batch
+        (and at each new input shape: `dynamic=False` unless given)."""
         options = {"dynamic": False, **compile_kwargs}
         self._compiled_teacher = tuple(
             torch.compile(function, **options) for function in (type(self).teacher_blocks, type(self).teacher_targets)
