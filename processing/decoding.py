@@ -28,7 +28,10 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .errors import InstVLSampleError
 from .sampling import sample_frame_indices
 
-__all__ = ["DECODE_THREAD_TYPES", "DecodedVideo", "MediaSource", "decode_image", "decode_media", "decode_video", "read_media_bytes"]
+__all__ = [
+    "DECODE_THREAD_TYPES", "DecodedVideo", "MediaSource", "decode_image", "decode_media", "decode_video",
+    "read_media_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -406,8 +409,9 @@ def decode_video(
             workers already use the cores.
         thread_type (`str`, *optional*, defaults to `"FRAME"`):
             How FFmpeg uses `num_threads > 1` (PyAV's `thread_type`): `"FRAME"` decodes consecutive frames in
-            parallel (the faster for H.264 in `benchmarks/bench_decode.py`, at a few frames of latency per seek),
-            `"SLICE"` splits each frame (only helps streams encoded with several slices), `"AUTO"` lets FFmpeg choose.
+            parallel (any stream, at a few frames of latency per seek), `"SLICE"` splits each frame (only helps
+            streams encoded with several slices), `"AUTO"` lets FFmpeg choose. `benchmarks/bench_decode.py` measures
+            them.
         seek_overhead_frames (`int`, *optional*, defaults to 4):
             A seek is done when it skips more than this many frames; a seek costs about as much as decoding a few
             small frames (it flushes the decoder).
