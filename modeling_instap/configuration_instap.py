@@ -246,6 +246,9 @@ class InstAPConfig(PreTrainedConfig):
             sample leave the denominator (METHOD Eq. 8); `"positive"` makes them soft positives.
         crop_mask_strategy (`str`, defaults to `"random"`): masking of instance crops during training (`"random"`,
             `"teacher"` or `"none"`); crops are never masked at evaluation.
+        crop_mask_ratio (`float`, *optional*): ρ of the crop clips in training, for images and videos alike; by
+            default the ratio of their media type (`video_mask_ratio` / `image_mask_ratio`, METHOD §4.2). A higher
+            value is a speed knob: the crops are most of the instance branch's cost (README, benchmarks).
         max_instances_per_sample (`int`, defaults to 4): cap on the instances of one sample entering a step.
         crop_size (`int`, *optional*): side of the crop clips; defaults to the video encoder's `image_size`.
         instance_vtm_context (`str`, defaults to `"pooled"`): visual context of the instance VTM: the raw pooled crop
@@ -306,6 +309,7 @@ class InstAPConfig(PreTrainedConfig):
     instance_same_source: Literal["positive", "exclude"] = "exclude"
 
     crop_mask_strategy: Literal["random", "teacher", "none"] = "random"
+    crop_mask_ratio: float | None = None
     max_instances_per_sample: int = 4
     crop_size: int | None = None
     instance_vtm_context: Literal["pooled", "tokens", "attention_pool"] = "pooled"
@@ -351,6 +355,8 @@ class InstAPConfig(PreTrainedConfig):
         _check_choice(self, "eval_frame_pooling", ("frames", "video"))
         _check_fraction(self, "video_mask_ratio")
         _check_fraction(self, "image_mask_ratio")
+        if self.crop_mask_ratio is not None:
+            _check_fraction(self, "crop_mask_ratio")
         _check_fraction(self, "mlm_probability", include_one=True)
         for name in (
             "lambda_rec", "lambda_vtc", "lambda_vtm", "lambda_mlm", "lambda_inst", "lambda_inst_vtc",

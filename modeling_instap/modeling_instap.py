@@ -1351,7 +1351,9 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         config = self.config
         if not mask_tokens or config.crop_mask_strategy == "none":
             return None
-        ratio = _media_mask_ratio(config, instance_pixel_values.shape[1])
+        ratio = config.crop_mask_ratio
+        if ratio is None:
+            ratio = _media_mask_ratio(config, instance_pixel_values.shape[1])
         if config.crop_mask_strategy == "teacher" and self.distillation is not None:
             mask, _ = self.distillation.mask_and_targets(instance_pixel_values, ratio, with_targets=False)
             return mask

@@ -494,6 +494,27 @@ def test_pretraining_caps_instances_per_sample_and_masks_crops(monkeypatch):
     assert crop_mask is None
 
 
+@pytest.mark.parametrize("num_frames", [4, 1])
+def test_crop_mask_ratio_overrides_the_media_ratio_for_crops_only(monkeypatch, num_frames):
+    config = tiny_config(crop_mask_ratio=0.75)
+    model = InstAPForPreTraining(config).train()
+    crop_masks = []
+    encode = model.instap.encode_instances
+
+    def spy(pixels, scenes, index, bool_masked_pos=None):
+        crop_masks.append(bool_masked_pos)
+        return encode(pixels, scenes, index, bool_masked_pos=bool_masked_pos)
+
+    monkeypatch.setattr(model.instap, "encode_instances", spy)
+    out = model(**make_batch(config, num_frames=num_frames, instances_per_sample=(2, 1)))
+    assert (visible_per_frame(crop_masks[-1], num_frames) == umt_visible_count(PATCHES, 0.75)).all()
+    # The scenes keep their media's ratio.
+    scene_ratio = 0.8 if num_frames > 1 else 0.5
+    assert (visible_per_frame(out.bool_masked_pos, num_frames) == umt_visible_count(PATCHES, scene_ratio)).all()
+    model.eval()(**make_batch(config, num_frames=num_frames, instances_per_sample=(2, 1)), mask_tokens=False)
+    assert crop_masks[-1] is None
+
+
 def test_pretraining_on_images_uses_the_image_ratio():
     config = tiny_config()
     model = InstAPForPreTraining(config).train()
@@ -857,6 +878,8 @@ _TINY_TEXT = {
         ({"temperature_init": 0.9}, "temperature_init"),
         ({"teacher_num_layers": 5}, "teacher_num_layers"),
         ({"crop_size": 36}, "crop_size"),
+        ({"crop_mask_ratio": 1.0}, "crop_mask_ratio"),
+        ({"crop_mask_ratio": "0.9"}, "crop_mask_ratio"),
         ({"attention_pool_num_heads": 3}, "attention_pool_num_heads"),
         ({"mlm_probability": 1.2}, "mlm_probability"),
     ],
