@@ -17,6 +17,7 @@ temperature → + the demo's λ_inst → + caption sub-sampling → + box trajec
 
     python benchmarks/ablation_synthetic.py                          # Table 4, seeds 0 1 2 (~35 min on 2 cores)
     python benchmarks/ablation_synthetic.py --table 5 --seeds 0 --steps 300
+    python benchmarks/ablation_synthetic.py --compare crop_mask_ratio=0.8 crop_size=32   # what a speed knob costs
 """
 
 import argparse
@@ -48,6 +49,9 @@ TABLE5 = {
 def train_variant(name: str, overrides: str | None, flags: list[str], seed: int, args) -> str:
     slug = "".join(c if c.isalnum() else "_" for c in name).strip("_")
     output_dir = os.path.join(args.output_dir, f"{slug}-seed{seed}")
+    if args.reuse_trained and os.path.isfile(os.path.join(output_dir, "config.json")):
+        print(f"{output_dir}: reusing the model trained there (--reuse_trained)")
+        return output_dir
     argv = [
         "--output_dir", output_dir, "--max_steps", str(args.steps), "--seed", str(seed), "--data_seed", str(seed),
         "--eval_splits", "", "--report_to", "none", "--synthetic_dir", args.synthetic_dir,
@@ -115,6 +119,19 @@ def format_table4(table, chance) -> str:
     return "\n".join(lines)
 
 
+def format_comparison(table, chance) -> str:
+    (name_b, b), *others = table.items()
+    header = " | ".join(f"{name} | − (b) per seed" for name, _ in others)
+    lines = [f"| mean recall (dual encoder) | {name_b} | {header} | chance |", "|---|---:" + "|---:|---:" * len(others) + "|---:|"]
+    for row in sorted(b):
+        cells = []
+        for _, results in others:
+            differences = [vo - vb for vb, vo in zip(b[row], results[row])]
+            cells.append(f"{mean_std(results[row])} | {mean_std(differences)}")
+        lines.append(f"| {row} | {mean_std(b[row])} | {' | '.join(cells)} | {chance[row]:.2f} |")
+    return "\n".join(lines)
+
+
 def format_table5(table, chance) -> str:
     rows = sorted({row for results in table.values() for row in results if " instance" in row})
     lines = ["| instance mean recall | " + " | ".join(r.replace(" instance", "") for r in rows) + " |",
@@ -135,10 +152,28 @@ def main(argv=None) -> dict:
     parser.add_argument("--num_test", type=int, default=128)
     parser.add_argument("--synthetic_dir", default=DataArguments().synthetic_dir)
     parser.add_argument("--output_dir", default=os.path.join("outputs", "ablation"))
+    parser.add_argument(
+        "--compare", nargs="+", metavar="OVERRIDES",
+        help="instead of a table, (b) against (b) with each of these --config_overrides (e.g. crop_mask_ratio=0.8 "
+        "crop_size=32): what a speed knob costs in learning, paired per seed",
+    )
+    parser.add_argument(
+        "--reuse_trained", action="store_true",
+        help="evaluate a run folder that already holds a model instead of training it again (the folder is named by "
+        "variant and seed; its recipe is not checked)",
+    )
     args = parser.parse_args(argv)
 
-    report = {"steps": args.steps, "seeds": args.seeds, "table": args.table}
-    if args.table == 4:
+    report = {"steps": args.steps, "seeds": args.seeds, "table": "compare" if args.compare else args.table}
+    if args.compare:
+        variants = {"(b) + L_inst (InstAP)": TABLE4["(b) + L_inst (InstAP)"]}
+        variants.update({f"(b), {overrides}": (overrides, []) for overrides in args.compare})
+        table, chance, seconds = run_table(variants, args)
+        text = [f"\n(b) against (b) with config overrides on the synthetic InstVL: {args.steps} steps per run, seeds "
+                f"{args.seeds} (mean ± std; differences paired per seed)", format_comparison(table, chance),
+                "seconds per run: " + ", ".join(f"{name}: {value:.0f}" for name, value in seconds.items())]
+        report.update(results=table, chance=chance)
+    elif args.table == 4:
         table4, chance, seconds = run_table(TABLE4, args)
         text = [f"\nTable 4 on the synthetic InstVL: {args.steps} steps per run, seeds {args.seeds} (mean ± std)",
                 format_table4(table4, chance), "(a) scores instance crops alone, (b) through the attention pool.",
@@ -151,9 +186,10 @@ def main(argv=None) -> dict:
         report.update(results=table5, chance=chance)
     print("\n".join(text))
     os.makedirs(args.output_dir, exist_ok=True)
-    with open(os.path.join(args.output_dir, f"ablation_table{args.table}.json"), "w", encoding="utf-8") as handle:
+    stem = "ablation_compare" if args.compare else f"ablation_table{args.table}"
+    with open(os.path.join(args.output_dir, f"{stem}.json"), "w", encoding="utf-8") as handle:
         json.dump(report, handle, indent=2)
-    with open(os.path.join(args.output_dir, f"ablation_table{args.table}.md"), "w", encoding="utf-8") as handle:
+    with open(os.path.join(args.output_dir, f"{stem}.md"), "w", encoding="utf-8") as handle:
         handle.write("\n".join(text) + "\n")
     return report
 
