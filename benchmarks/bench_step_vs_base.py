@@ -30,9 +30,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TERMS = ("loss", "loss_rec", "loss_vtc", "loss_vtm", "loss_mlm", "loss_inst_vtc", "loss_inst_vtm", "loss_inst_mlm")
 
 
-def worker(code_dir: str, steps: int, with_instances: bool, threads: int, compile_teacher: bool) -> dict:
+def worker(code_dir: str, steps: int, with_instances: bool, threads: int, compile_teacher: bool,
+           overrides: dict | None = None) -> dict:
+    """One side in its own process: first-step losses, step times, and memory (peak live tensor bytes of a step
+    above its start; the parameters' and optimizer's resident tensor bytes; the process's peak RSS over the timed
+    steps). `overrides` sets InstAPConfig fields on the UMT-dims config before the model and batch are built."""
     sys.path.insert(0, code_dir)
     sys.path.insert(1, os.path.join(REPO_ROOT, "benchmarks"))
+    import resource
+
     import torch
 
     torch.set_num_threads(threads)
@@ -42,6 +48,9 @@ def worker(code_dir: str, steps: int, with_instances: bool, threads: int, compil
 
     assert os.path.dirname(os.path.dirname(modeling_instap.__file__)) == os.path.abspath(code_dir), modeling_instap.__file__
     setup = make_setups(argparse.Namespace(configs=["umt"]))[0]
+    for name, value in (overrides or {}).items():
+        setattr(setup.config, name, value)
+    setup.config.validate_values()
     torch.manual_seed(0)
     model = modeling_instap.InstAPForPreTraining(setup.config).train()
     if compile_teacher:
@@ -63,8 +72,12 @@ def worker(code_dir: str, steps: int, with_instances: bool, threads: int, compil
         model(**batch).loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
+    # Before the profiled step, whose event records would count too (ru_maxrss is in KiB on Linux).
+    max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    state = [t for group in optimizer.state.values() for t in group.values() if torch.is_tensor(t)]
+    resident = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers(), *state])
     peak = cpu_peak_bytes(model, batch, seed=100)
-    return {"losses": losses, "times": times, "peak_bytes": peak}
+    return {"losses": losses, "times": times, "peak_bytes": peak, "resident_bytes": resident, "max_rss_bytes": max_rss}
 
 
 def export_base(rev: str, folder: str) -> str:
@@ -75,11 +88,15 @@ def export_base(rev: str, folder: str) -> str:
     return os.path.join(folder, "base")
 
 
-def run_side(code_dir: str, args) -> dict:
+def run_side(code_dir: str, args, overrides: dict | None = None) -> dict:
+    """`worker` in a fresh process (so that its peak RSS is its own); `args` needs steps, threads, no_instances and
+    compile_teacher."""
     command = [sys.executable, os.path.abspath(__file__), "--worker", code_dir, "--steps", str(args.steps),
                "--threads", str(args.threads)] + (["--no-instances"] if args.no_instances else [])
     if args.compile_teacher and code_dir == REPO_ROOT:
         command.append("--compile-teacher")
+    if overrides:
+        command += ["--overrides", json.dumps(overrides)]
     done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"worker for {code_dir} failed:\n{done.stderr[-4000:]}")
@@ -96,9 +113,12 @@ def main(argv=None) -> None:
     parser.add_argument("--compile-teacher", action="store_true",
                         help="the working tree's side runs its teacher compiled (InstAPTeacherDistillation.compile_teacher)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--overrides", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(args.worker, args.steps, not args.no_instances, args.threads, args.compile_teacher)))
+        result = worker(args.worker, args.steps, not args.no_instances, args.threads, args.compile_teacher,
+                        args.overrides)
+        print(json.dumps(result))
         return
 
     with tempfile.TemporaryDirectory() as folder:
