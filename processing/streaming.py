@@ -254,7 +254,7 @@ class InstVLExampleOptions:
         load_instances (`bool`, *optional*, defaults to `True`): `False` ignores the `instances` field (stage 1).
         skip_bad_samples (`bool`, *optional*, defaults to `True`): skip and count bad samples instead of raising.
         max_bad_samples, max_bad_fraction: caps of the [`BadSampleTracker`] (per worker).
-        decode_threads (`int`, *optional*, defaults to 1): FFmpeg threads per decode.
+        decode_threads (`int`, *optional*, defaults to 1): FFmpeg threads per decode (0: one per core).
         decode_thread_type (`str`, *optional*, defaults to `"FRAME"`): how they share a decode (`decode_video`'s
             `thread_type`).
     """

@@ -95,7 +95,10 @@ def test_data_arguments_check_what_a_json_file_gives_them():
     with pytest.raises(ValueError, match="decode_thread_type.*'FRAME', 'SLICE', 'AUTO'"):
         DataArguments(decode_thread_type="PARALLEL")
     with pytest.raises(ValueError, match="decode_threads"):
-        DataArguments(decode_threads=0)
+        DataArguments(decode_threads=-1)
+    with pytest.raises(ValueError, match="decode_threads"):
+        DataArguments(decode_threads="2")
+    assert DataArguments(decode_threads=0).decode_threads == 0  # one per core, as decode_video takes it
 
 
 @pytest.mark.slow

@@ -119,8 +119,8 @@ class DataArguments:
 
     decode_threads: int = field(
         default=1,
-        metadata={"help": "FFmpeg threads per decoded clip. Keep 1 when DataLoader workers already use the cores; "
-                  "more for long, high-resolution videos with few workers."},
+        metadata={"help": "FFmpeg threads per decoded clip (0: one per core). Keep 1 when DataLoader workers already "
+                  "use the cores; more for long, high-resolution videos with few workers."},
     )
     decode_thread_type: str = field(
         default="FRAME",
@@ -130,8 +130,8 @@ class DataArguments:
 
     def __post_init__(self) -> None:
         check_rerank_score(self.rerank_score)  # argparse checks choices, a JSON argument file does not
-        if self.decode_threads < 1:
-            raise ValueError(f"decode_threads must be >= 1, got {self.decode_threads}.")
+        if isinstance(self.decode_threads, bool) or not isinstance(self.decode_threads, int) or self.decode_threads < 0:
+            raise ValueError(f"decode_threads must be an int >= 0 (0: one per core), got {self.decode_threads!r}.")
         if self.decode_thread_type not in DECODE_THREAD_TYPES:
             raise ValueError(
                 f"decode_thread_type must be one of {DECODE_THREAD_TYPES}, got {self.decode_thread_type!r}."
