@@ -90,7 +90,9 @@ def test_pretraining_save_load_round_trip(tmp_path):
     reference, state = model.state_dict(), loaded.state_dict()
     assert set(reference) == set(state)
     assert all(torch.equal(reference[k], state[k]) for k in reference)
-    # The step draws masks and negatives: same seed, same draws, identical outputs.
+    # The step draws masks and negatives: same seed, same draws (identical masks), the same outputs. To float
+    # rounding only: a CPU matmul's result depends on its operands' 16-byte alignment, which differs between the
+    # two models' weights (measured: 4e-6 on a 512 x 64 product).
     batch = make_batch(config)
     outputs = []
     for m in (model, loaded):
@@ -98,9 +100,10 @@ def test_pretraining_save_load_round_trip(tmp_path):
         with torch.no_grad():
             outputs.append(m(**batch))
     a, b = outputs
+    assert torch.equal(a.bool_masked_pos, b.bool_masked_pos)
     for name in ("loss", "loss_rec", "loss_vtc", "loss_vtm", "loss_mlm", "loss_inst_vtc", "loss_inst_vtm",
-                 "loss_inst_mlm", "logits_per_video", "bool_masked_pos"):
-        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=0, msg=name)
+                 "loss_inst_mlm", "logits_per_video"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=1e-5, atol=1e-5, msg=name)
 
 
 def test_auto_classes_after_import(tmp_path):
