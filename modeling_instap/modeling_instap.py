@@ -248,29 +248,70 @@ def _attention_interface(module: nn.Module) -> Callable:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+class InstAPTubeletEmbedding(nn.Conv3d):
+    """The tubelet projection: a Conv3d whose stride equals its kernel, hence also a linear map of each flattened
+    tubelet. `forward` takes videos `(batch, channels, frames, height, width)` (the convolution) or tubelets
+    already cut and flattened `(..., channels * tubelet_size * patch_size**2)`, in the kernel's (c, t, h, w) order.
+    Both paths run inside this module's forward, so hooks on it (DeepSpeed ZeRO-3's parameter gathering) see both.
+    """
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if inputs.ndim == 5:
+            return super().forward(inputs)
+        return F.linear(inputs, self.weight.flatten(1), self.bias)
+
+
 class InstAPVisionEmbeddings(nn.Module):
-    """Tubelet embedding (a Conv3d) plus the fixed sinusoid table over the flattened (t, h, w) token index."""
+    """Tubelet embedding plus the fixed sinusoid table over the flattened (t, h, w) token index.
+
+    With a token mask only the visible tubelets are cut out and projected: in training 80 % of a video's tokens are
+    hidden, and projecting every tubelet with the convolution cost 8x the time of projecting the visible ones and
+    kept every pixel for its backward (`benchmarks/bench_step_vs_base.py`). The two paths agree to float rounding.
+    """
 
     def __init__(self, config: InstAPVisionConfig):
         super().__init__()
         self.config = config
         kernel = (config.tubelet_size, config.patch_size, config.patch_size)
-        self.patch_embedding = nn.Conv3d(config.num_channels, config.hidden_size, kernel_size=kernel, stride=kernel)
+        self.patch_embedding = InstAPTubeletEmbedding(
+            config.num_channels, config.hidden_size, kernel_size=kernel, stride=kernel
+        )
 
     def position_embeddings(self, num_tokens: int, device, dtype) -> torch.Tensor:
         return sinusoid_position_table(num_tokens, self.config.hidden_size, device=device, dtype=dtype)
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        batch_size, num_frames, _, height, width = pixel_values.shape
-        if num_frames % self.config.tubelet_size or height % self.config.patch_size or width % self.config.patch_size:
+    def forward(self, pixel_values: torch.Tensor, bool_masked_pos: torch.Tensor | None = None) -> torch.Tensor:
+        """`(batch, frames, channels, height, width)` pixels -> `(batch, tokens, width)`, or the visible tokens
+        `(batch, visible, width)` in token order when `bool_masked_pos` (`(batch, tokens)`, `True` = hidden) is given."""
+        batch_size, num_frames, channels, height, width = pixel_values.shape
+        tubelet, patch = self.config.tubelet_size, self.config.patch_size
+        if num_frames % tubelet or height % patch or width % patch:
             raise ValueError(
                 f"pixel_values of {num_frames} frames at {height}x{width} do not tile into tubelets of "
-                f"{self.config.tubelet_size}x{self.config.patch_size}x{self.config.patch_size}."
+                f"{tubelet}x{patch}x{patch}."
             )
         target_dtype = self.patch_embedding.weight.dtype
-        embeddings = self.patch_embedding(pixel_values.transpose(1, 2).to(target_dtype))  # (B, D, t, h, w)
-        embeddings = embeddings.flatten(2).transpose(1, 2)
-        return embeddings + self.position_embeddings(embeddings.shape[1], embeddings.device, embeddings.dtype)
+        grid_t, grid_h, grid_w = num_frames // tubelet, height // patch, width // patch
+        num_tokens = grid_t * grid_h * grid_w
+        table = self.position_embeddings(num_tokens, pixel_values.device, target_dtype)
+        if bool_masked_pos is None:
+            embeddings = self.patch_embedding(pixel_values.transpose(1, 2).to(target_dtype))  # (B, D, t, h, w)
+            return embeddings.flatten(2).transpose(1, 2) + table
+        if bool_masked_pos.shape != (batch_size, num_tokens):
+            raise ValueError(
+                f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)}, expected {(batch_size, num_tokens)}."
+            )
+        token_index = torch.arange(num_tokens, device=pixel_values.device).expand(batch_size, num_tokens)
+        visible = gather_visible(token_index.unsqueeze(-1), bool_masked_pos).squeeze(-1)  # (B, L_vis), checked
+        # A view with one axis per tubelet coordinate, the kernel's (c, t, h, w) last: indexing it copies only the
+        # visible tubelets' pixels.
+        tubelets = pixel_values.reshape(batch_size, grid_t, tubelet, channels, grid_h, patch, grid_w, patch)
+        tubelets = tubelets.permute(0, 1, 4, 6, 3, 2, 5, 7)
+        frame, cell = visible // (grid_h * grid_w), visible % (grid_h * grid_w)
+        rows = torch.arange(batch_size, device=pixel_values.device).unsqueeze(1)
+        cut = tubelets[rows, frame, cell // grid_w, cell % grid_w]  # (B, L_vis, C, t, p, p)
+        embeddings = self.patch_embedding(cut.flatten(2).to(target_dtype))
+        return embeddings + table[visible]
 
 
 class InstAPVisionAttention(nn.Module):
@@ -926,13 +967,7 @@ class InstAPVisionModel(InstAPPreTrainedModel):
             pixel_values = pixel_values.unsqueeze(1)
         if pixel_values.ndim != 5:
             raise ValueError(f"pixel_values must be (batch, frames, channels, height, width), got {tuple(pixel_values.shape)}.")
-        embeddings = self.embeddings(pixel_values)
-        if bool_masked_pos is not None:
-            if bool_masked_pos.shape != embeddings.shape[:2]:
-                raise ValueError(
-                    f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)}, expected {tuple(embeddings.shape[:2])}."
-                )
-            embeddings = gather_visible(embeddings, bool_masked_pos)
+        embeddings = self.embeddings(pixel_values, bool_masked_pos)
         encoder_outputs = self.encoder(embeddings, **kwargs)
         last_hidden_state = self.post_layernorm(encoder_outputs.last_hidden_state)
         if pool_frames:

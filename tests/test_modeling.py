@@ -78,6 +78,29 @@ def test_vision_model_unmasked_outputs():
     torch.testing.assert_close(plain.last_hidden_state, out.last_hidden_state)
 
 
+@pytest.mark.parametrize("tubelet_size", [1, 2])
+def test_embeddings_of_visible_tubelets_equal_the_convolution_gathered(tubelet_size):
+    # The masked path cuts out and projects the visible tubelets only; non-square frames check the (t, h, w) order.
+    config = dataclasses.replace(tiny_config().vision_config, tubelet_size=tubelet_size)
+    embeddings = InstAPVisionModel(config).embeddings
+    pixels = torch.randn(2, 4, 3, 32, 48)
+    tokens_per_frame, frames = 4 * 6, 4 // tubelet_size
+    mask = random_token_mask(2, frames, tokens_per_frame, 0.75)
+    masked = embeddings(pixels, mask)
+    full = embeddings(pixels)
+    torch.testing.assert_close(masked, full[~mask].reshape(2, -1, WIDTH), rtol=1e-5, atol=1e-5)
+    weight = embeddings.patch_embedding.weight
+    (grad_masked,) = torch.autograd.grad(masked.square().sum(), weight)
+    (grad_full,) = torch.autograd.grad(full[~mask].square().sum(), weight)
+    torch.testing.assert_close(grad_masked, grad_full, rtol=1e-4, atol=1e-4)
+    uneven = mask.clone()
+    uneven[0, torch.nonzero(mask[0])[0]] = False
+    with pytest.raises(ValueError, match="same number of visible tokens"):
+        embeddings(pixels, uneven)
+    with pytest.raises(ValueError, match="bool_masked_pos"):
+        embeddings(pixels, mask[:, 1:])
+
+
 def test_vision_model_masked_encodes_only_visible_tokens():
     config = tiny_config().vision_config
     model = InstAPVisionModel(config).eval()
