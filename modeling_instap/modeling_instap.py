@@ -265,8 +265,9 @@ class InstAPVisionEmbeddings(nn.Module):
     """Tubelet embedding plus the fixed sinusoid table over the flattened (t, h, w) token index.
 
     With a token mask only the visible tubelets are cut out and projected: in training 80 % of a video's tokens are
-    hidden, and projecting every tubelet with the convolution cost 8x the time of projecting the visible ones and
-    kept every pixel for its backward (`benchmarks/bench_step_vs_base.py`). The two paths agree to float rounding.
+    hidden, and convolving every tubelet took 5-11 % of the masked encoder's forward and backward (UMT's dimensions)
+    and kept all of the clip's pixels alive for the weight gradient (the float copy of uint8 crops among them); now
+    only the visible ones are kept. The two paths agree to float rounding.
     """
 
     def __init__(self, config: InstAPVisionConfig):
