@@ -294,10 +294,10 @@ class InstAPVisionEmbeddings(nn.Module):
         target_dtype = self.patch_embedding.weight.dtype
         grid_t, grid_h, grid_w = num_frames // tubelet, height // patch, width // patch
         num_tokens = grid_t * grid_h * grid_w
-        table = self.position_embeddings(num_tokens, pixel_values.device, target_dtype)
         if bool_masked_pos is None:
             embeddings = self.patch_embedding(pixel_values.transpose(1, 2).to(target_dtype))  # (B, D, t, h, w)
-            return embeddings.flatten(2).transpose(1, 2) + table
+            embeddings = embeddings.flatten(2).transpose(1, 2)
+            return embeddings + self.position_embeddings(num_tokens, embeddings.device, embeddings.dtype)
         if bool_masked_pos.shape != (batch_size, num_tokens):
             raise ValueError(
                 f"bool_masked_pos has shape {tuple(bool_masked_pos.shape)}, expected {(batch_size, num_tokens)}."
@@ -312,7 +312,8 @@ class InstAPVisionEmbeddings(nn.Module):
         rows = torch.arange(batch_size, device=pixel_values.device).unsqueeze(1)
         cut = tubelets[rows, frame, cell // grid_w, cell % grid_w]  # (B, L_vis, C, t, p, p)
         embeddings = self.patch_embedding(cut.flatten(2).to(target_dtype))
-        return embeddings + table[visible]
+        # In the projection's dtype, as the unmasked path (bf16 under autocast).
+        return embeddings + self.position_embeddings(num_tokens, embeddings.device, embeddings.dtype)[visible]
 
 
 class InstAPVisionAttention(nn.Module):
