@@ -22,7 +22,6 @@ Not a test: it prints a markdown table and asserts nothing. What the knobs cost 
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import statistics
 import sys
@@ -30,19 +29,17 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench_step_vs_base import REPO_ROOT, run_side  # noqa: E402
 
+from instap_train.factory import validated_overrides  # noqa: E402
+
 DEFAULT_VARIANTS = ("crop_mask_ratio=0.9", "crop_size=64")
 INSTANCE_TERMS = ("loss_inst_vtc", "loss_inst_vtm", "loss_inst_mlm")
 
 
 def parse_variant(text: str) -> dict:
-    """`field=value,field=value` (InstAPConfig fields; values as Python literals)."""
-    overrides = {}
-    for item in filter(None, (part.strip() for part in text.split(","))):
-        name, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"--variant {text!r}: {item!r} is not field=value")
-        overrides[name.strip()] = ast.literal_eval(value.strip())
-    return overrides
+    """`field=value,...` as `--config_overrides` takes them (misspelled fields are refused); `sub_config.field`
+    names stay dotted for the worker."""
+    return {name if parent is None else f"{parent}.{name}": value
+            for parent, name, value in validated_overrides(text)}
 
 
 def main(argv=None) -> None:

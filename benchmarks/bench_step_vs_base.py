@@ -34,7 +34,8 @@ def worker(code_dir: str, steps: int, with_instances: bool, threads: int, compil
            overrides: dict | None = None) -> dict:
     """One side in its own process: first-step losses, step times, and memory (peak live tensor bytes of a step
     above its start; the parameters' and optimizer's resident tensor bytes; the process's peak RSS over the timed
-    steps). `overrides` sets InstAPConfig fields on the UMT-dims config before the model and batch are built."""
+    steps). `overrides` sets InstAPConfig fields (`sub_config.field` for a sub-config's) on the UMT-dims config before the
+    model and batch are built."""
     sys.path.insert(0, code_dir)
     sys.path.insert(1, os.path.join(REPO_ROOT, "benchmarks"))
     import resource
@@ -49,8 +50,10 @@ def worker(code_dir: str, steps: int, with_instances: bool, threads: int, compil
     assert os.path.dirname(os.path.dirname(modeling_instap.__file__)) == os.path.abspath(code_dir), modeling_instap.__file__
     setup = make_setups(argparse.Namespace(configs=["umt"]))[0]
     for name, value in (overrides or {}).items():
-        setattr(setup.config, name, value)
-    setup.config.validate_values()
+        *parent, leaf = name.split(".")
+        setattr(getattr(setup.config, parent[0]) if parent else setup.config, leaf, value)
+    for config in (setup.config.vision_config, setup.config.text_config, setup.config):
+        config.validate_values()
     torch.manual_seed(0)
     model = modeling_instap.InstAPForPreTraining(setup.config).train()
     if compile_teacher:
