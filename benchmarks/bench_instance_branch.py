@@ -1,7 +1,7 @@
 """What the instance branch costs, and what its speed knobs buy: the stage-2 step with 4 instances per sample against
 the global step (no instances), at UMT's comparison dimensions, measured side by side in one run.
 
-    .venv/bin/python benchmarks/bench_instance_branch.py                       # METHOD's crops, crop_mask_ratio 0.9, crop_size 64
+    .venv/bin/python benchmarks/bench_instance_branch.py        # METHOD's crops and the DEFAULT_VARIANTS knobs
     .venv/bin/python benchmarks/bench_instance_branch.py --variant crop_mask_ratio=0.95 --rounds 3
 
 Each variant runs `bench_step_vs_base.worker` on the working tree in its own process (fresh, so that its peak RSS
@@ -31,7 +31,12 @@ from bench_step_vs_base import REPO_ROOT, run_side  # noqa: E402
 
 from instap_train.factory import validated_overrides  # noqa: E402
 
-DEFAULT_VARIANTS = ("crop_mask_ratio=0.9", "crop_size=64")
+DEFAULT_VARIANTS = (
+    "crop_mask_ratio=0.9",
+    "crop_size=64",
+    "crop_size=64,crop_checkpointing=selective,instance_text_checkpointing=selective",
+    "crop_size=64,crop_checkpointing=full,instance_text_checkpointing=selective",
+)
 INSTANCE_TERMS = ("loss_inst_vtc", "loss_inst_vtm", "loss_inst_mlm")
 
 

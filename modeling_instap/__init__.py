@@ -18,6 +18,7 @@ from .modeling_instap import (
     InstAPPreTrainedModel,
     InstAPTextModel,
     InstAPVisionModel,
+    selective_recompute_context,
 )
 from .pipeline_instap import InstAPZeroShotVideoClassificationPipeline
 
@@ -41,4 +42,5 @@ __all__ = [
     "InstAPVisionConfig",
     "InstAPVisionModel",
     "InstAPZeroShotVideoClassificationPipeline",
+    "selective_recompute_context",
 ]

@@ -250,6 +250,12 @@ class InstAPConfig(PreTrainedConfig):
             default the ratio of their media type (`video_mask_ratio` / `image_mask_ratio`, METHOD §4.2). A higher
             value is a speed knob: the crops are most of the instance branch's cost (README, benchmarks).
         max_instances_per_sample (`int`, defaults to 4): cap on the instances of one sample entering a step.
+        crop_checkpointing, instance_text_checkpointing (`str`, default to `"none"`): activation checkpointing of the
+            encoders' layers in the instance branch only, memory knobs that change no value: the crop clips' pass
+            through the video encoder, and the instance captions' passes through the text and fusion layers.
+            `"selective"` keeps each layer's matmul and attention outputs and recomputes the rest (LayerNorm, GELU,
+            softmax, dropout) in backward; `"full"` keeps each layer's input only and recomputes the layer. Layers
+            checkpointed for the whole model (`gradient_checkpointing_enable`) keep that.
         crop_size (`int`, *optional*): side of the crop clips; defaults to the video encoder's `image_size`.
         instance_vtm_context (`str`, defaults to `"pooled"`): visual context of the instance VTM: the raw pooled crop
             embedding as one token (the paper's Eq. 9), all crop tokens (`"tokens"`), or the crop tokens after the
@@ -311,6 +317,8 @@ class InstAPConfig(PreTrainedConfig):
     crop_mask_strategy: Literal["random", "teacher", "none"] = "random"
     crop_mask_ratio: float | None = None
     max_instances_per_sample: int = 4
+    crop_checkpointing: Literal["none", "selective", "full"] = "none"
+    instance_text_checkpointing: Literal["none", "selective", "full"] = "none"
     crop_size: int | None = None
     instance_vtm_context: Literal["pooled", "tokens", "attention_pool"] = "pooled"
     exclude_identical_texts: bool = False
@@ -351,6 +359,8 @@ class InstAPConfig(PreTrainedConfig):
         _check_choice(self, "instance_same_source", ("positive", "exclude"))
         _check_choice(self, "crop_mask_strategy", ("random", "teacher", "none"))
         _check_choice(self, "instance_vtm_context", ("pooled", "tokens", "attention_pool"))
+        _check_choice(self, "crop_checkpointing", ("none", "selective", "full"))
+        _check_choice(self, "instance_text_checkpointing", ("none", "selective", "full"))
         _check_choice(self, "contrastive_loss_form", ("global", "local"))
         _check_choice(self, "eval_frame_pooling", ("frames", "video"))
         _check_fraction(self, "video_mask_ratio")

@@ -13,12 +13,15 @@ token masks are boolean with `True` = hidden (as `bool_masked_pos` in VideoMAE).
 import math
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 from transformers import initialization as init
 from transformers.activations import ACT2FN
 from transformers.masking_utils import create_bidirectional_mask
@@ -241,6 +244,34 @@ def _attention_interface(module: nn.Module) -> Callable:
     As in CLIP, only eager returns the attention weights; request them with `attn_implementation="eager"`.
     """
     return ALL_ATTENTION_FUNCTIONS.get_interface(module.config._attn_implementation, eager_attention_forward)
+
+
+# The outputs selective recomputation keeps: matmuls and fused attention kernels, the costly work of a layer. The rest
+# (LayerNorm, GELU, softmax, dropout with its replayed random state, adds) is recomputed from them in backward.
+_RECOMPUTE_KEEPS = {
+    getattr(torch.ops.aten, name).default
+    for name in (
+        "mm", "addmm", "bmm", "baddbmm", "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_flash_attention", "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_cudnn_attention",
+    )
+    if hasattr(torch.ops.aten, name)
+}
+
+
+def _keep_matmul_outputs(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _RECOMPUTE_KEEPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def selective_recompute_context():
+    """`context_fn` of a non-reentrant `torch.utils.checkpoint.checkpoint` that keeps matmul and attention outputs
+    and recomputes the elementwise ops: about half of full checkpointing's memory saving, for a fraction of its
+    recompute time.
+    For the whole model: `model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False,
+    "context_fn": selective_recompute_context})`; for the instance branch only: `crop_checkpointing` and
+    `instance_text_checkpointing` (`InstAPConfig`).
+    """
+    return create_selective_checkpoint_contexts(_keep_matmul_outputs)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -1311,6 +1342,36 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
     def set_output_embeddings(self, new_embeddings: nn.Module):
         self.mlm_head.decoder = new_embeddings
 
+    @contextmanager
+    def _instance_checkpointing(self) -> Iterator[None]:
+        """Checkpoint the encoders' layers while the instance branch runs, where the video encoder sees only crops
+        and the text encoder only instance captions (`config.crop_checkpointing`, `instance_text_checkpointing`).
+        Layers already checkpointed (`gradient_checkpointing_enable`) keep their setting; the others are restored."""
+        modes = {self.instap.vision_model: self.config.crop_checkpointing,
+                 self.instap.text_model: self.config.instance_text_checkpointing}
+        changed = []
+        if self.training and torch.is_grad_enabled():
+            for tower, mode in modes.items():
+                if mode == "none":
+                    continue
+                kwargs = {"use_reentrant": False}
+                if mode == "selective":
+                    kwargs["context_fn"] = selective_recompute_context
+                for module in tower.modules():
+                    if isinstance(module, GradientCheckpointingLayer) and not module.gradient_checkpointing:
+                        changed.append((module, module.__dict__.get("_gradient_checkpointing_func")))
+                        module.gradient_checkpointing = True
+                        module._gradient_checkpointing_func = partial(checkpoint, **kwargs)
+        try:
+            yield
+        finally:
+            for module, function in changed:
+                del module.gradient_checkpointing  # back to the class default (False)
+                if function is None:
+                    del module._gradient_checkpointing_func
+                else:
+                    module._gradient_checkpointing_func = function
+
     # -- pieces of the step, each returning the unweighted loss term ------------------------------------------------
 
     def _scene_mask_and_targets(self, pixel_values: torch.Tensor, mask_tokens: bool, with_targets: bool = True):
@@ -1495,8 +1556,8 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
             instance_counts = counts[:, 1].tolist()
             if config.lambda_inst > 0 and any(instance_counts):
                 if has_instances:
-                    terms.update(
-                        self._instance_losses(
+                    with self._instance_checkpointing():
+                        instance_terms = self._instance_losses(
                             video_tokens,
                             instance_pixel_values,
                             instance_input_ids,
@@ -1507,7 +1568,7 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
                             instance_counts,
                             mask_tokens,
                         )
-                    )
+                    terms.update(instance_terms)
                 else:
                     terms["inst_vtc"] = self._instance_contrastive_without_local_rows(
                         instance_temperature, instance_counts, device,

@@ -903,6 +903,8 @@ _TINY_TEXT = {
         ({"crop_size": 36}, "crop_size"),
         ({"crop_mask_ratio": 1.0}, "crop_mask_ratio"),
         ({"crop_mask_ratio": "0.9"}, "crop_mask_ratio"),
+        ({"crop_checkpointing": "partial"}, "crop_checkpointing"),
+        ({"instance_text_checkpointing": None}, "instance_text_checkpointing"),
         ({"attention_pool_num_heads": 3}, "attention_pool_num_heads"),
         ({"mlm_probability": 1.2}, "mlm_probability"),
     ],

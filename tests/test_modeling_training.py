@@ -10,7 +10,8 @@ import pytest
 import torch
 from instap_model_testing import make_batch, make_captions, tiny_config
 
-from modeling_instap import InstAPForPreTraining, InstAPModel
+import modeling_instap.modeling_instap as modeling_module
+from modeling_instap import InstAPForPreTraining, InstAPModel, selective_recompute_context
 
 TERMS = ("loss_rec", "loss_vtc", "loss_vtm", "loss_mlm", "loss_inst_vtc", "loss_inst_vtm", "loss_inst_mlm")
 
@@ -29,8 +30,12 @@ def _checkpointed_layers(model: torch.nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if getattr(module, "gradient_checkpointing", False)]
 
 
-@pytest.mark.parametrize("use_reentrant", [False, True])
-def test_gradient_checkpointing_gives_the_same_loss_and_gradients(use_reentrant):
+@pytest.mark.parametrize(
+    "checkpointing_kwargs",
+    [{"use_reentrant": False}, {"use_reentrant": True}, {"use_reentrant": False, "context_fn": selective_recompute_context}],
+    ids=["non-reentrant", "reentrant", "selective"],
+)
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients(checkpointing_kwargs):
     config = tiny_config(deterministic=True)
     torch.manual_seed(0)
     model = InstAPForPreTraining(config).train()
@@ -39,7 +44,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(use_reentrant)
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # transformers 5 renames it activation_checkpointing_enable
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": use_reentrant})
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=checkpointing_kwargs)
     layers = _checkpointed_layers(model)
     # Every student ViT block and every BERT layer (text and fusion) is checkpointed.
     assert sum(n.startswith("instap.vision_model.encoder.layers.") for n in layers) == 4
@@ -52,6 +57,63 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(use_reentrant)
     for name, grad in reference_grads.items():
         torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
     assert all(p.grad is None for p in model.distillation.teacher.parameters())
+
+
+@pytest.mark.parametrize("crop_mode,text_mode", [("selective", "selective"), ("full", "selective"), ("none", "full")])
+def test_instance_checkpointing_gives_the_same_loss_and_gradients(crop_mode, text_mode, monkeypatch):
+    # Dropout and drop-path stay on: the recompute must replay their random draws.
+    config = tiny_config()
+    assert config.text_config.hidden_dropout_prob > 0 and config.vision_config.drop_path_rate > 0
+    torch.manual_seed(0)
+    model = InstAPForPreTraining(config).train()
+    batch = make_batch(config, instances_per_sample=(2, 1))
+    reference, reference_grads = _step(model, batch)
+
+    checkpointed_calls = []
+    checkpoint = modeling_module.checkpoint
+    modes = {"InstAPVisionLayer": crop_mode, "InstAPTextLayer": text_mode}
+
+    def counting(function, *args, **kwargs):
+        layer = type(function.args[0]).__name__
+        checkpointed_calls.append(layer)
+        assert ("context_fn" in kwargs) == (modes[layer] == "selective"), layer
+        return checkpoint(function, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_module, "checkpoint", counting)
+    model.config.crop_checkpointing, model.config.instance_text_checkpointing = crop_mode, text_mode
+    checkpointed, grads = _step(model, batch)
+    # The instance branch only: the crops through the 4 ViT blocks; the instance captions through the 2 text layers
+    # (VTC), the 2 fusion layers (VTM), and both again (MLM). The scenes and the global captions are not.
+    expected = ["InstAPTextLayer"] * (8 if text_mode != "none" else 0) + ["InstAPVisionLayer"] * (
+        4 if crop_mode != "none" else 0
+    )
+    assert sorted(checkpointed_calls) == expected, checkpointed_calls
+    assert _checkpointed_layers(model) == []  # restored after the step
+
+    for name in ("loss", *TERMS):
+        torch.testing.assert_close(getattr(checkpointed, name), getattr(reference, name), msg=name)
+    assert set(grads) == set(reference_grads), set(grads) ^ set(reference_grads)
+    for name, grad in reference_grads.items():
+        torch.testing.assert_close(grads[name], grad, atol=1e-6, rtol=1e-4, msg=name)
+
+    checkpointed_calls.clear()
+    with torch.no_grad():
+        model(**batch)
+    model.eval()(**batch)
+    assert checkpointed_calls == []  # nothing to recompute without a backward
+
+
+def test_instance_checkpointing_leaves_whole_model_checkpointing_as_it_was():
+    config = tiny_config(deterministic=True, crop_checkpointing="full", instance_text_checkpointing="selective")
+    model = InstAPForPreTraining(config).train()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    before = _checkpointed_layers(model)
+    functions = {name: m._gradient_checkpointing_func for name, m in model.named_modules() if name in before}
+    _step(model, make_batch(config, instances_per_sample=(2, 1)))
+    assert _checkpointed_layers(model) == before
+    assert all(m._gradient_checkpointing_func is functions[name] for name, m in model.named_modules() if name in before)
 
 
 def test_sdpa_and_eager_attention_agree(monkeypatch):
