@@ -29,15 +29,26 @@ from instap_eval.zero_shot import zero_shot_retrieval
 from modeling_instap import InstAPConfig, InstAPModel
 
 
-def run_once(model, videos: torch.Tensor, input_ids, attention_mask, k: int, batch_size: int, fusion_batch_size: int):
-    """(dual encoder s, re-ranking s, total s, fused pairs) of one full evaluation."""
+def run_once(
+    model, videos: torch.Tensor, input_ids, attention_mask, k: int, batch_size: int, fusion_batch_size: int,
+    gathered: bool = False,
+):
+    """(dual encoder s, re-ranking s, total s, fused pairs) of one full evaluation. `gathered`: each pair's video
+    tokens copied out for the matching head (the path before `match_score` took `video_index`), so every pair
+    projects its video's cross-attention keys and values again."""
     pairs = 0
     original = model.match_score
 
-    def counting_match_score(video_hidden_states, *args, **kwargs):
+    def counting_match_score(video_hidden_states, text_hidden_states, attention_mask=None, video_attention_mask=None,
+                             video_index=None):
         nonlocal pairs
-        pairs += video_hidden_states.shape[0]
-        return original(video_hidden_states, *args, **kwargs)
+        # With `video_index` each video comes once and the index holds one entry per pair.
+        pairs += (video_hidden_states if video_index is None else video_index).shape[0]
+        if gathered and video_index is not None:
+            video_hidden_states = video_hidden_states[video_index]
+            video_attention_mask = None if video_attention_mask is None else video_attention_mask[video_index]
+            video_index = None
+        return original(video_hidden_states, text_hidden_states, attention_mask, video_attention_mask, video_index)
 
     model.match_score = counting_match_score
     try:
@@ -79,6 +90,11 @@ def main(argv=None) -> list[dict]:
         help="torch threads; 1 by default: on a shared CPU, small ops with more threads than free cores spin-wait and "
              "times vary several-fold between runs",
     )
+    parser.add_argument(
+        "--compare-gathered", action="store_true",
+        help="also re-rank with each pair's video tokens gathered (keys and values projected per pair, the path "
+             "before `video_index`), alternating with the default, and print the re-ranking time ratio",
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -98,6 +114,7 @@ def main(argv=None) -> list[dict]:
     run_once(model, *data(128), k=args.k, batch_size=args.batch_size, fusion_batch_size=args.fusion_batch_size)  # warm-up
     # Round-robin over the sizes, so that a change in the machine's load hits every size; the fastest run counts.
     runs: dict[int, list] = {count: [] for count in args.sizes}
+    gathered_runs: dict[int, list] = {count: [] for count in args.sizes}
     for repeat in range(args.repeats):
         for count in args.sizes:
             videos, ids, mask = data(count)
@@ -105,6 +122,12 @@ def main(argv=None) -> list[dict]:
             dual, rerank, _, pairs = runs[count][-1]
             print(f"run {repeat + 1}, N={count}: dual encoder {dual:.2f} s, re-ranking {rerank:.2f} s ({pairs} fused pairs)",
                   flush=True)
+            if args.compare_gathered:
+                gathered_runs[count].append(run_once(
+                    model, videos, ids, mask, args.k, args.batch_size, args.fusion_batch_size, gathered=True
+                ))
+                print(f"run {repeat + 1}, N={count}, videos gathered per pair: re-ranking "
+                      f"{gathered_runs[count][-1][1]:.2f} s", flush=True)
     rows = []
     for count in args.sizes:
         dual, rerank, total = (min(values) for values in list(zip(*runs[count]))[:3])
@@ -125,6 +148,13 @@ def main(argv=None) -> list[dict]:
             cells += [f"{row[key]:.2f}", f"{ratio:.2f}", "-" if scale == 1 else f"{exponent:.2f}"]
         cells += [str(row["pairs"]), f"{row['pairs'] / reference['pairs']:.2f}", f"{row['total_s']:.2f}"]
         print("| " + " | ".join(cells) + " |")
+    if args.compare_gathered:
+        print("\n| N | re-ranking s, videos gathered per pair | re-ranking s, each video once (`video_index`) | ratio |")
+        print("|---:|---:|---:|---:|")
+        for row in rows:
+            gathered_s = min(run[1] for run in gathered_runs[row["n"]])
+            row["rerank_gathered_s"] = gathered_s
+            print(f"| {row['n']} | {gathered_s:.2f} | {row['rerank_s']:.2f} | {row['rerank_s'] / gathered_s:.2f} |")
     sizes = [row["n"] for row in rows]
     if len(rows) > 1:
         print(f"\nFitted exponent over all sizes: dual encoder {fitted_exponent(sizes, [r['dual_s'] for r in rows]):.2f}, "

@@ -202,10 +202,13 @@ def rerank_with_matching_head(
         for start in range(0, pair_videos.numel(), fusion_batch_size):
             sl = slice(start, start + fusion_batch_size)
             videos, text_index = pair_videos[sl], pair_texts[sl]
+            # Each video of the batch once; its pairs share its cross-attention keys and values.
+            batch_videos, video_index = torch.unique(videos, return_inverse=True)
             logits = backbone.match_score(
-                tokens[videos - chunk[0]].to(device),
+                tokens[batch_videos - chunk[0]].to(device),
                 texts.hidden_states[text_index].to(device),
                 texts.attention_mask[text_index].to(device),
+                video_index=video_index.to(device),
             )
             positive = rerank_pair_scores(logits.cpu(), scores[videos, text_index], rerank_score, temperature).float()
             is_t2v = direction[sl]

@@ -482,14 +482,19 @@ class InstAPTextSelfAttention(nn.Module):
         hidden_states: torch.Tensor,
         key_value_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        key_value_index: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         key_value_states = hidden_states if key_value_states is None else key_value_states
         batch_size, length, _ = hidden_states.shape
         query = self.query(hidden_states).view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
         kv_shape = (batch_size, key_value_states.shape[1], self.num_heads, self.head_dim)
-        key = self.key(key_value_states).view(kv_shape).transpose(1, 2)
-        value = self.value(key_value_states).view(kv_shape).transpose(1, 2)
+        key, value = self.key(key_value_states), self.value(key_value_states)
+        if key_value_index is not None:
+            # Rows shared by several queries (a video in VTM's negative pairs) are projected once, then picked.
+            key, value = key[key_value_index], value[key_value_index]
+        key = key.view(kv_shape).transpose(1, 2)
+        value = value.view(kv_shape).transpose(1, 2)
         attn_output, attn_weights = _attention_interface(self)(
             self,
             query,
@@ -520,8 +525,15 @@ class InstAPTextAttention(nn.Module):
         self.self = InstAPTextSelfAttention(config, kv_hidden_size)
         self.output = InstAPTextSelfOutput(config)
 
-    def forward(self, hidden_states, key_value_states=None, attention_mask=None, **kwargs: Unpack[TransformersKwargs]):
-        attn_output, attn_weights = self.self(hidden_states, key_value_states, attention_mask, **kwargs)
+    def forward(
+        self,
+        hidden_states,
+        key_value_states=None,
+        attention_mask=None,
+        key_value_index=None,
+        **kwargs: Unpack[TransformersKwargs],
+    ):
+        attn_output, attn_weights = self.self(hidden_states, key_value_states, attention_mask, key_value_index, **kwargs)
         return self.output(attn_output, hidden_states), attn_weights
 
 
@@ -565,6 +577,7 @@ class InstAPTextLayer(GradientCheckpointingLayer):
         attention_mask: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        encoder_index: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> torch.Tensor:
         hidden_states, _ = self.attention(hidden_states, attention_mask=attention_mask, **kwargs)
@@ -572,7 +585,7 @@ class InstAPTextLayer(GradientCheckpointingLayer):
             if encoder_hidden_states is None:
                 raise ValueError("A fusion layer needs `encoder_hidden_states` (the video tokens).")
             hidden_states, _ = self.crossattention(
-                hidden_states, encoder_hidden_states, encoder_attention_mask, **kwargs
+                hidden_states, encoder_hidden_states, encoder_attention_mask, encoder_index, **kwargs
             )
         return self.output(self.intermediate(hidden_states), hidden_states)
 
@@ -623,15 +636,26 @@ class InstAPAttentionPool(nn.Module):
         self.mlp = InstAPVisionMLP(vision)
 
     def forward(
-        self, crop_hidden_states: torch.Tensor, scene_hidden_states: torch.Tensor, **kwargs: Unpack[TransformersKwargs]
+        self,
+        crop_hidden_states: torch.Tensor,
+        scene_hidden_states: torch.Tensor,
+        scene_index: torch.Tensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`crop_hidden_states` `(crops, crop_tokens, width)` attend to `scene_hidden_states` `(crops, scene_tokens,
+        width)`, or with `scene_index` `(crops,)` to row `scene_index[i]` of `(scenes, scene_tokens, width)`."""
         batch_size, length, dim = crop_hidden_states.shape
         query = self.q_proj(self.layer_norm_query(crop_hidden_states))
         context = self.layer_norm_context(scene_hidden_states)
         query = query.view(batch_size, length, self.num_heads, self.head_dim).transpose(1, 2)
+        key, value = self.k_proj(context), self.v_proj(context)
+        if scene_index is not None:
+            # Each scene's keys and values once, however many of its instances query them (4 per scene at UMT's
+            # comparison dimensions), then picked per crop.
+            key, value = key[scene_index], value[scene_index]
         kv_shape = (batch_size, context.shape[1], self.num_heads, self.head_dim)
-        key = self.k_proj(context).view(kv_shape).transpose(1, 2)
-        value = self.v_proj(context).view(kv_shape).transpose(1, 2)
+        key = key.view(kv_shape).transpose(1, 2)
+        value = value.view(kv_shape).transpose(1, 2)
         attn_output, attn_weights = _attention_interface(self)(
             self, query, key, value, None, scaling=self.scaling, dropout=0.0, **kwargs
         )
@@ -1053,6 +1077,7 @@ class InstAPTextModel(InstAPPreTrainedModel):
         text_hidden_states: torch.Tensor | None = None,
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
+        encoder_index: torch.Tensor | None = None,
         mode: str = "text",
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPoolingAndCrossAttentions:
@@ -1063,6 +1088,8 @@ class InstAPTextModel(InstAPPreTrainedModel):
             text_hidden_states: `(batch, length, hidden)` output of the text mode (mode `"fusion"`).
             encoder_hidden_states: `(batch, video_tokens, video_width)` the video tokens the fusion layers attend to.
             encoder_attention_mask: optional `(batch, video_tokens)` 1/0 mask over the video tokens.
+            encoder_index: optional `(batch,)` row of `encoder_hidden_states` (and of its mask) for each caption, when
+                captions share videos: `encoder_hidden_states` then holds each video once.
 
         Returns:
             `BaseModelOutputWithPoolingAndCrossAttentions`: `last_hidden_state` and, as `pooler_output`, the [CLS]
@@ -1085,16 +1112,20 @@ class InstAPTextModel(InstAPPreTrainedModel):
         self_mask = create_bidirectional_mask(config=self.config, inputs_embeds=hidden_states, attention_mask=attention_mask)
         cross_mask = None
         if encoder_hidden_states is not None and encoder_attention_mask is not None:
+            mask_shape_of = encoder_hidden_states  # read for the batch size, key length and dtype only
+            if encoder_index is not None:
+                encoder_attention_mask = encoder_attention_mask[encoder_index]
+                mask_shape_of = encoder_hidden_states[:1].expand(encoder_index.shape[0], -1, -1)
             cross_mask = create_bidirectional_mask(
                 config=self.config,
                 inputs_embeds=hidden_states,
                 attention_mask=encoder_attention_mask,
-                encoder_hidden_states=encoder_hidden_states,
+                encoder_hidden_states=mask_shape_of,
             )
         for layer in layers:
             # Tensors positional: reentrant checkpointing (`use_reentrant=True`) only tracks positional inputs, and
             # the video tokens need their gradient (and must not be backpropagated inside the recompute).
-            hidden_states = layer(hidden_states, self_mask, encoder_hidden_states, cross_mask, **kwargs)
+            hidden_states = layer(hidden_states, self_mask, encoder_hidden_states, cross_mask, encoder_index, **kwargs)
         return BaseModelOutputWithPoolingAndCrossAttentions(
             last_hidden_state=hidden_states, pooler_output=hidden_states[:, 0]
         )
@@ -1192,15 +1223,17 @@ class InstAPModel(InstAPPreTrainedModel):
         attention_mask: torch.Tensor | None,
         video_hidden_states: torch.Tensor,
         video_attention_mask: torch.Tensor | None = None,
+        video_index: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPoolingAndCrossAttentions:
         """Run the fusion layers: text states cross-attend to video tokens (`output_attentions` with eager
-        attention gives the maps as `cross_attentions`)."""
+        attention gives the maps as `cross_attentions`); `video_index` as in `match_score`."""
         return self.text_model(
             text_hidden_states=text_hidden_states,
             attention_mask=attention_mask,
             encoder_hidden_states=video_hidden_states,
             encoder_attention_mask=video_attention_mask,
+            encoder_index=video_index,
             mode="fusion",
             return_dict=True,
             **kwargs,
@@ -1212,14 +1245,21 @@ class InstAPModel(InstAPPreTrainedModel):
         text_hidden_states: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         video_attention_mask: torch.Tensor | None = None,
+        video_index: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Matching-head logits `(pairs, 2)` (index 1 = "matches") for aligned pairs of video tokens and text states.
 
         Args:
-            video_hidden_states: `(pairs, video_tokens, vision_width)`, e.g. `get_video_features(...).last_hidden_state`.
+            video_hidden_states: `(pairs, video_tokens, vision_width)`, e.g. `get_video_features(...).last_hidden_state`;
+                with `video_index`, `(videos, video_tokens, vision_width)`, each video once.
             text_hidden_states: `(pairs, length, text_width)`, e.g. `get_text_features(...).last_hidden_state`.
+            video_index: optional `(pairs,)` row of `video_hidden_states` (and `video_attention_mask`) of each pair:
+                the same scores as the gathered videos, with each video's cross-attention keys and values projected
+                once however many pairs share it (VTM's hard negatives: two thirds of the pairs).
         """
-        fused = self.fuse(text_hidden_states, attention_mask, video_hidden_states, video_attention_mask)
+        fused = self.fuse(
+            text_hidden_states, attention_mask, video_hidden_states, video_attention_mask, video_index=video_index
+        )
         return self.itm_head(fused.last_hidden_state[:, 0])
 
     def encode_instances(
@@ -1240,8 +1280,7 @@ class InstAPModel(InstAPPreTrainedModel):
         """
         crops = self.vision_model(instance_pixel_values, bool_masked_pos=bool_masked_pos)
         crop_tokens = crops.last_hidden_state
-        scenes = scene_hidden_states if instance_sample_index is None else scene_hidden_states[instance_sample_index]
-        pooled_tokens, _ = self.attention_pool(crop_tokens, scenes)
+        pooled_tokens, _ = self.attention_pool(crop_tokens, scene_hidden_states, scene_index=instance_sample_index)
         instance_embeds = F.normalize(self.visual_projection(pooled_tokens.mean(dim=1)), dim=-1)
         return InstAPInstanceOutput(
             crop_hidden_states=crop_tokens,
@@ -1402,7 +1441,7 @@ class InstAPForPreTraining(InstAPPreTrainedModel):
         video_index = torch.cat([positives, video_for_text[rows_t], rows_v])
         text_index = torch.cat([positives, rows_t, text_for_video[rows_v]])
         logits = self.instap.match_score(
-            video_tokens[video_index], text_states[text_index], attention_mask[text_index]
+            video_tokens, text_states[text_index], attention_mask[text_index], video_index=video_index
         )
         labels = torch.zeros(video_index.shape[0], dtype=torch.long, device=logits.device)
         labels[:count] = 1

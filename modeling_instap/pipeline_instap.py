@@ -122,9 +122,10 @@ class InstAPZeroShotVideoClassificationPipeline(Pipeline):
         if rerank:
             k = len(candidate_labels) if rerank_k is None else max(1, min(int(rerank_k), len(candidate_labels)))
             top = logits.topk(k).indices
-            tokens = video.last_hidden_state[:1].expand(k, -1, -1)
+            # The one video for every candidate: its cross-attention keys and values projected once.
             match = model.match_score(
-                tokens, text.last_hidden_state[top], model_inputs["attention_mask"][top]
+                video.last_hidden_state[:1], text.last_hidden_state[top], model_inputs["attention_mask"][top],
+                video_index=top.new_zeros(k),
             )[:, 1]
             outputs["rerank_indices"] = top
             outputs["rerank_logits"] = match

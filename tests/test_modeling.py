@@ -360,6 +360,30 @@ def test_model_match_score():
     torch.testing.assert_close(swapped[1], scores[1])  # the middle pair keeps its video
 
 
+def test_match_score_with_video_index_equals_the_gathered_videos():
+    model = InstAPModel(tiny_config(deterministic=True)).train()  # train mode: the gradients too
+    videos = model.get_video_features(torch.randn(2, 4, 3, 32, 32)).last_hidden_state.detach().requires_grad_()
+    ids, mask = make_captions(5, 8)
+    text = model.get_text_features(ids, mask).last_hidden_state
+    video_mask = torch.ones(videos.shape[:2], dtype=torch.long)
+    video_mask[1, -3:] = 0  # the second video's last tokens are padding
+    index = torch.tensor([0, 1, 1, 0, 1])
+
+    def scores_and_grads(**video_inputs):
+        scores = model.match_score(text_hidden_states=text, attention_mask=mask, **video_inputs)
+        (grad,) = torch.autograd.grad(scores.square().sum(), videos, retain_graph=True)
+        return scores, grad
+
+    gathered, gathered_grad = scores_and_grads(video_hidden_states=videos[index], video_attention_mask=video_mask[index])
+    indexed, indexed_grad = scores_and_grads(video_hidden_states=videos, video_attention_mask=video_mask, video_index=index)
+    torch.testing.assert_close(indexed, gathered, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(indexed_grad, gathered_grad, atol=1e-6, rtol=1e-5)
+    # The masked video tokens matter: unmasked, the second video's pairs score differently.
+    unmasked = model.match_score(videos, text, mask, video_index=index)
+    assert not torch.allclose(unmasked[1], indexed[1])
+    torch.testing.assert_close(unmasked[0], indexed[0])
+
+
 def test_model_encode_instances():
     model = InstAPModel(tiny_config()).eval()
     scenes = model.vision_model(torch.randn(2, 4, 3, 32, 32)).last_hidden_state
@@ -382,9 +406,17 @@ def test_model_encode_instances():
     moved = model.encode_instances(crops, other, index)
     torch.testing.assert_close(moved.instance_embeds[0], out.instance_embeds[0])
     assert not torch.allclose(moved.instance_embeds[1:], out.instance_embeds[1:])
-    # Scenes already aligned with the instances need no index.
-    aligned = model.encode_instances(crops, scenes[index])
+    # Scenes already aligned with the instances need no index; with one, each scene's keys and values are projected
+    # once and picked per crop: the same embeddings and the same gradient for the scene tokens.
+    leaf = scenes.detach().requires_grad_()
+    aligned = model.encode_instances(crops, leaf[index])
+    indexed = model.encode_instances(crops, leaf, index)
     torch.testing.assert_close(aligned.instance_embeds, out.instance_embeds)
+    torch.testing.assert_close(indexed.instance_embeds, aligned.instance_embeds)
+    (aligned_grad,) = torch.autograd.grad(aligned.instance_embeds[:, 0].sum(), leaf)
+    (indexed_grad,) = torch.autograd.grad(indexed.instance_embeds[:, 0].sum(), leaf)
+    torch.testing.assert_close(indexed_grad, aligned_grad)
+    assert aligned_grad[1].abs().sum() > 0  # scene 1 is attended by two instances
     # Masked crops: only their visible tokens are encoded.
     mask = random_token_mask(3, 4, PATCHES, 0.75)
     masked = model.encode_instances(crops, scenes, index, bool_masked_pos=mask)
@@ -572,8 +604,17 @@ def test_pretraining_vtm_and_mlm_wiring(monkeypatch):
     monkeypatch.setattr(
         modeling, "mask_tokens_for_mlm", lambda *a, **k: mlm_labels.append(mask_tokens_for_mlm(*a, **k)) or mlm_labels[-1]
     )
-    monkeypatch.setattr(model.instap, "match_score", lambda v, t, m, *a: scored.append((v, t)) or match_score(v, t, m, *a))
-    monkeypatch.setattr(model.instap, "fuse", lambda t, m, v, *a, **k: fused.append(v) or fuse(t, m, v, *a, **k))
+    monkeypatch.setattr(
+        model.instap, "match_score",
+        # Record each pair's video (VTM passes each video once with the pairs' `video_index`).
+        lambda v, t, m, *a, video_index=None: scored.append((v if video_index is None else v[video_index], t))
+        or match_score(v, t, m, *a, video_index=video_index),
+    )
+    monkeypatch.setattr(
+        model.instap, "fuse",
+        lambda t, m, v, *a, **k: fused.append(v if k.get("video_index") is None else v[k["video_index"]])
+        or fuse(t, m, v, *a, **k),
+    )
     monkeypatch.setattr(
         model.instap, "encode_instances",
         lambda *a, **k: instance_outputs.append(encode(*a, **k)) or instance_outputs[-1],
