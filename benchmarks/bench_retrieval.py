@@ -15,6 +15,7 @@ N > k: the algorithmic cost; a time ratio above it is the machine, e.g. caches o
 
     python benchmarks/bench_retrieval.py                     # ~1 min on 2 busy CPU cores
     python benchmarks/bench_retrieval.py --sizes 1000 2000 4000 8000 --k 128 --num_frames 4
+    python benchmarks/bench_retrieval.py --config umt --sizes 100 --compare-gathered   # UMT's dimensions, 8 x 112²
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import math
 import time
 
 import torch
+from bench_model import umt_dims_config
 
 from instap_eval.zero_shot import zero_shot_retrieval
 from modeling_instap import InstAPConfig, InstAPModel
@@ -80,7 +82,11 @@ def main(argv=None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1000, 2000, 4000], help="N (the first is the reference)")
     parser.add_argument("--k", type=int, default=16, help="candidates re-ranked per query (fixed across N)")
-    parser.add_argument("--num_frames", type=int, default=2)
+    parser.add_argument(
+        "--config", choices=["tiny", "umt"], default="tiny",
+        help="tiny, or the dimensions of the speed issue's comparison with UMT (`bench_model.py --configs umt`)",
+    )
+    parser.add_argument("--num_frames", type=int, default=None, help="2 for tiny, 8 for umt by default")
     parser.add_argument("--text_length", type=int, default=16)
     parser.add_argument("--batch_size", type=int, default=256, help="videos per encoder batch")
     parser.add_argument("--fusion_batch_size", type=int, default=512)
@@ -98,7 +104,9 @@ def main(argv=None) -> list[dict]:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    config = InstAPConfig.from_preset("tiny")
+    config = InstAPConfig.from_preset("tiny") if args.config == "tiny" else umt_dims_config()
+    if args.num_frames is None:
+        args.num_frames = 2 if args.config == "tiny" else 8
     model = InstAPModel(config).eval()
     size = config.vision_config.image_size
     vocab = config.text_config.vocab_size
@@ -111,7 +119,7 @@ def main(argv=None) -> list[dict]:
         ids[:, -1] = config.text_config.sep_token_id
         return videos, ids, torch.ones_like(ids)
 
-    run_once(model, *data(128), k=args.k, batch_size=args.batch_size, fusion_batch_size=args.fusion_batch_size)  # warm-up
+    run_once(model, *data(min(128, args.sizes[0])), k=args.k, batch_size=args.batch_size, fusion_batch_size=args.fusion_batch_size)  # warm-up
     # Round-robin over the sizes, so that a change in the machine's load hits every size; the fastest run counts.
     runs: dict[int, list] = {count: [] for count in args.sizes}
     gathered_runs: dict[int, list] = {count: [] for count in args.sizes}
@@ -134,7 +142,7 @@ def main(argv=None) -> list[dict]:
         rows.append({"n": count, "dual_s": dual, "rerank_s": rerank, "total_s": total, "pairs": runs[count][0][3]})
 
     reference = rows[0]
-    print(f"\nZero-shot retrieval, tiny InstAP, k={args.k}, {args.num_frames} frames at {size}², "
+    print(f"\nZero-shot retrieval, {args.config} InstAP, k={args.k}, {args.num_frames} frames at {size}², "
           f"{args.threads} threads (ratios and exponents against N={reference['n']})\n")
     print("| N | dual encoder s | ratio | exponent | re-ranking s | ratio | exponent | fused pairs | ratio | total s |")
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
