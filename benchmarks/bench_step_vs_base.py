@@ -100,7 +100,10 @@ def run_side(code_dir: str, args, overrides: dict | None = None) -> dict:
         command.append("--compile-teacher")
     if overrides:
         command += ["--overrides", json.dumps(overrides)]
-    done = subprocess.run(command, capture_output=True, text=True, check=False)
+    environment = dict(os.environ)
+    if code_dir == REPO_ROOT:
+        environment.update(getattr(args, "working_env", None) or {})
+    done = subprocess.run(command, capture_output=True, text=True, check=False, env=environment)
     if done.returncode != 0:
         raise SystemExit(f"worker for {code_dir} failed:\n{done.stderr[-4000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -115,9 +118,18 @@ def main(argv=None) -> None:
     parser.add_argument("--no-instances", action="store_true", help="the global step (no instance crops)")
     parser.add_argument("--compile-teacher", action="store_true",
                         help="the working tree's side runs its teacher compiled (InstAPTeacherDistillation.compile_teacher)")
+    parser.add_argument(
+        "--working-env", nargs="+", default=[], metavar="NAME=VALUE",
+        help="environment variables for the working tree's processes only, e.g. with --base HEAD the allocator setting "
+             "GLIBC_TUNABLES=glibc.malloc.mmap_threshold=2147483647:glibc.malloc.trim_threshold=2147483647",
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--overrides", type=json.loads, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    try:
+        args.working_env = dict(item.split("=", 1) for item in args.working_env)
+    except ValueError:
+        parser.error(f"--working-env takes NAME=VALUE items, got {args.working_env}")
     if args.worker:
         result = worker(args.worker, args.steps, not args.no_instances, args.threads, args.compile_teacher,
                         args.overrides)
@@ -127,9 +139,13 @@ def main(argv=None) -> None:
     with tempfile.TemporaryDirectory() as folder:
         sides = {"base": export_base(args.base, folder), "working tree": REPO_ROOT}
         results = {name: [] for name in sides}
-        for _ in range(args.rounds):
+        for round_number in range(args.rounds):
             for name, code in sides.items():
                 results[name].append(run_side(code, args))
+            # Each round's medians, so that the machine's drift between rounds shows beside the overall ratio.
+            print(f"round {round_number + 1}: " + ", ".join(
+                f"{name} {1e3 * statistics.median(results[name][-1]['times']):.0f} ms" for name in sides
+            ), flush=True)
     base_rev = subprocess.run(["git", "-C", REPO_ROOT, "rev-parse", "--short", args.base], capture_output=True,
                               text=True).stdout.strip()
     summary = {}
@@ -142,6 +158,7 @@ def main(argv=None) -> None:
     base, work = summary["base"], summary["working tree"]
     kind = "global step (no instances)" if args.no_instances else "step with 4 instances per sample"
     compiled = ", the working tree's teacher compiled" if args.compile_teacher else ""
+    compiled += "".join(f", the working tree's {name}={value}" for name, value in args.working_env.items())
     print(f"\n{kind}, UMT's dimensions, {args.threads} thread(s), base {base_rev}{compiled}; medians of "
           f"{args.rounds} x {args.steps} steps per side\n")
     print("| | base | working tree | working / base |\n|---|---:|---:|---:|")
