@@ -162,6 +162,7 @@ def main(argv=None) -> list[dict]:
         for row in rows:
             gathered_s = min(run[1] for run in gathered_runs[row["n"]])
             row["rerank_gathered_s"] = gathered_s
+            row["pairs_gathered"] = gathered_runs[row["n"]][0][3]
             print(f"| {row['n']} | {gathered_s:.2f} | {row['rerank_s']:.2f} | {row['rerank_s'] / gathered_s:.2f} |")
     sizes = [row["n"] for row in rows]
     if len(rows) > 1:
