@@ -157,9 +157,9 @@ def main(argv=None) -> None:
         }
     base, work = summary["base"], summary["working tree"]
     kind = "global step (no instances)" if args.no_instances else "step with 4 instances per sample"
-    compiled = ", the working tree's teacher compiled" if args.compile_teacher else ""
-    compiled += "".join(f", the working tree's {name}={value}" for name, value in args.working_env.items())
-    print(f"\n{kind}, UMT's dimensions, {args.threads} thread(s), base {base_rev}{compiled}; medians of "
+    working_setup = ", the working tree's teacher compiled" if args.compile_teacher else ""
+    working_setup += "".join(f", the working tree's {name}={value}" for name, value in args.working_env.items())
+    print(f"\n{kind}, UMT's dimensions, {args.threads} thread(s), base {base_rev}{working_setup}; medians of "
           f"{args.rounds} x {args.steps} steps per side\n")
     print("| | base | working tree | working / base |\n|---|---:|---:|---:|")
     print(f"| step ms | {base['step_ms']:.0f} | {work['step_ms']:.0f} | {work['step_ms'] / base['step_ms']:.3f} |")
