@@ -30,6 +30,15 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TERMS = ("loss", "loss_rec", "loss_vtc", "loss_vtm", "loss_mlm", "loss_inst_vtc", "loss_inst_vtm", "loss_inst_mlm")
 
 
+def apply_overrides(config, overrides: dict | None) -> None:
+    """Sets InstAPConfig fields (`sub_config.field` for a sub-config's) and validates the result."""
+    for name, value in (overrides or {}).items():
+        *parent, leaf = name.split(".")
+        setattr(getattr(config, parent[0]) if parent else config, leaf, value)
+    for part in (config.vision_config, config.text_config, config):
+        part.validate_values()
+
+
 def worker(code_dir: str, steps: int, with_instances: bool, threads: int, compile_teacher: bool,
            overrides: dict | None = None) -> dict:
     """One side in its own process: first-step losses, step times, and memory (peak live tensor bytes of a step
@@ -49,11 +58,7 @@ def worker(code_dir: str, steps: int, with_instances: bool, threads: int, compil
 
     assert os.path.dirname(os.path.dirname(modeling_instap.__file__)) == os.path.abspath(code_dir), modeling_instap.__file__
     setup = make_setups(argparse.Namespace(configs=["umt"]))[0]
-    for name, value in (overrides or {}).items():
-        *parent, leaf = name.split(".")
-        setattr(getattr(setup.config, parent[0]) if parent else setup.config, leaf, value)
-    for config in (setup.config.vision_config, setup.config.text_config, setup.config):
-        config.validate_values()
+    apply_overrides(setup.config, overrides)
     torch.manual_seed(0)
     model = modeling_instap.InstAPForPreTraining(setup.config).train()
     if compile_teacher:

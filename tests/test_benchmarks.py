@@ -1,4 +1,4 @@
-"""The benchmarks are scripts, not tests, but what they count must hold: a cheap run of the retrieval benchmark."""
+"""The benchmarks are scripts, not tests, but what they count must hold: cheap runs of the retrieval and floor benchmarks."""
 
 import os
 
@@ -23,3 +23,24 @@ def test_retrieval_benchmark_scores_2nk_pairs_on_both_reranking_paths(bench_retr
     assert [row["pairs_gathered"] for row in rows] == [2 * 12 * 3, 2 * 24 * 3]
     assert all(row["rerank_s"] > 0 and row["rerank_gathered_s"] > 0 for row in rows)
     assert "videos gathered per pair" in capsys.readouterr().out
+
+
+@pytest.fixture
+def bench_step_floor(monkeypatch):
+    monkeypatch.syspath_prepend(BENCHMARKS)
+    import bench_step_floor
+
+    return bench_step_floor
+
+
+def test_step_floor_counts_the_instance_branch_and_applies_overrides(bench_step_floor, capsys):
+    common = ["--config", "tiny", "--steps", "1", "--reference-size", "256", "--instances"]
+    full = bench_step_floor.main(common)
+    small_crops = bench_step_floor.main([*common, "--overrides", "crop_size=16"])
+    # Crops of 16² have a quarter of the patches of 32² ones: less arithmetic, the scenes' unchanged.
+    assert 0 < small_crops["flops"] < full["flops"]
+    for result in (full, small_crops):
+        assert result["floor_s"] == pytest.approx(result["flops"] / result["reference_flops_per_s"])
+        assert result["step_s"] > result["floor_s"]
+        assert 0 < result["matmul_self_s"] < result["profiled_step_s"]
+    assert "crop_size=16" in capsys.readouterr().out
