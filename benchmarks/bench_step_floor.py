@@ -25,7 +25,7 @@ import time
 
 import torch
 from bench_instance_branch import parse_variant
-from bench_model import make_batch, make_setups
+from bench_model import make_batch, make_setups, run_step
 from bench_step_vs_base import apply_overrides
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -59,16 +59,12 @@ def run(args) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-5, fused=True)
 
     def step(seed: int) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        torch.manual_seed(seed)
-        model(**batch).loss.backward()
+        run_step(model, batch, seed)
         optimizer.step()
 
     step(0)  # warm-up
-    optimizer.zero_grad(set_to_none=True)
-    torch.manual_seed(1)
     with FlopCounterMode(display=False) as counter:
-        model(**batch).loss.backward()
+        run_step(model, batch, seed=1)
     by_op = {str(op).split(".")[-1]: count for op, count in counter.get_flop_counts()["Global"].items()}
     flops = sum(by_op.values())
     matmul_flops = sum(count for op, count in by_op.items() if op in MATMUL_FLOP_OPS)
